@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="slim-diffusers",
+    version="0.1.0",
+    description="SLIM: semantic-based low-bitrate image compression for machines, built on diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["slim_diffusers", "slim_diffusers.*"]),
+    include_package_data=True,
+    package_data={"slim_diffusers": ["assets/**/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is left unpinned on purpose: the registry's newest build with its matching torchvision
+        # (compressai and lpips import torchvision) is what users get; see ../shared/ENVIRONMENT.md
+        "torch>=2.1",
+        "torchvision",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "accelerate>=0.30",
+        "huggingface_hub>=0.23",
+        "safetensors",
+        "compressai>=1.2.6",
+        # compressai pins numpy<2, and pyarrow>=26 needs NumPy 2: 24.0.0 is the newest pair that imports
+        "numpy<2",
+        "pyarrow==24.0.0",
+        "datasets>=2.19",
+        "peft>=0.10",
+        "Pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["lpips", "tensorboard", "matplotlib", "scipy"],
+        "test": ["pytest", "lpips", "matplotlib", "scipy", "tensorboard"],
+    },
+    entry_points={"console_scripts": ["slim=slim_diffusers.cli:main"]},
+)
