@@ -63,10 +63,18 @@ def pad_latents(latents: torch.Tensor, stride: int) -> torch.Tensor:
     return F.pad(latents, (0, pw, 0, ph), mode="replicate")
 
 
+def _analyse(compressor: SLIMCompressor, latents: torch.Tensor):
+    if compressor.training:
+        return compressor(latents)
+    # one item at a time at inference: a payload must not depend on what else was in the batch
+    items = [compressor(latents[i : i + 1]) for i in range(latents.shape[0])]
+    return type(items[0])(y=torch.cat([o.y for o in items]), z=torch.cat([o.z for o in items]))
+
+
 def run_codec(compressor: SLIMCompressor, decompressor: SLIMDecompressor, latents: torch.Tensor) -> SLIMCodecOutput:
     """Differentiable pass for training (and the eval-mode reconstruction when the modules are in eval)."""
     h, w = latents.shape[-2:]
-    coded = compressor(pad_latents(latents, decompressor.total_stride))
+    coded = _analyse(compressor, pad_latents(latents, decompressor.total_stride))
     out = decompressor(coded.y, coded.z)
     return SLIMCodecOutput(latents=out.latents[..., :h, :w], likelihoods=out.likelihoods)
 
@@ -96,11 +104,11 @@ def compress_latents(compressor: SLIMCompressor, decompressor: SLIMDecompressor,
         raise ValueError(
             f"expected latents of shape (batch, {compressor.config.latent_channels}, H, W), got {tuple(latents.shape)}"
         )
-    coded = compressor(pad_latents(latents, decompressor.total_stride))
     payloads = []
-    for i in range(latents.shape[0]):
+    for item in pad_latents(latents, decompressor.total_stride).split(1):
+        coded = compressor(item)
         encoder = BufferedRansEncoder()
-        decompressor.code_item(coded.y[i : i + 1], coded.z[i : i + 1], encoder=encoder)
+        decompressor.code_item(coded.y, coded.z, encoder=encoder)
         payloads.append(encoder.flush())
     return payloads
 
@@ -123,7 +131,7 @@ def decompress_latents(decompressor: SLIMDecompressor, payloads: Sequence[bytes]
         decoder = RansDecoder()
         decoder.set_stream(payload + bytes(_overread_margin(payload, decompressor, sizes)))
         y_hats.append(decompressor.code_item(decoder=decoder, sizes=sizes)[0])
-    latents = decompressor.g_s(torch.cat(y_hats, dim=0))
+    latents = decompressor.synthesize(torch.cat(y_hats, dim=0))
     return latents[..., :h, :w]
 
 

@@ -13,6 +13,8 @@ The coding modules are CompressAI's own latent codecs (``HyperLatentCodec``, ``C
 hyper codec here gets an identity ``h_a``.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -86,8 +88,6 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
 
     # the hyper transforms always resample by 4 (two stride-2 convs), as in ELIC
     hyper_stride = 4
-    # CDF tables are stored in the checkpoint so that sender and receiver code with identical tables
-    _keep_in_fp32_modules = ["hyper_codec", "latent_codec"]
 
     @register_to_config
     def __init__(
@@ -155,7 +155,15 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         self.g_s = synthesis_transform(M, hidden_channels, latent_channels, num_upsamples, num_res_blocks)
 
         for module in self.entropy_models():
-            module._register_load_state_dict_pre_hook(_resize_cdf_buffers_on_load)
+            module._register_load_state_dict_pre_hook(_resize_cdf_buffers_on_load, with_module=True)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # CompressAI's entropy models set parameters through `.data` in __init__, which diffusers'
+        # meta-device fast path cannot do, and their CDF tables change size with training: load the
+        # ordinary way (the model is small).
+        kwargs["low_cpu_mem_usage"] = False
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- shapes
     @property
@@ -197,24 +205,30 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         """Quantize ``y`` and ``z``, return their likelihoods and the synthesized latent.
 
         In training mode this is CompressAI's differentiable path (straight-through rounding, two-pass
-        checkerboard). In eval mode it runs :meth:`code_item` per item, so ``y_hat`` and the likelihoods are
-        exactly those of the symbols :func:`slim_diffusers.codec.compress_latents` writes.
+        checkerboard). In eval mode it runs :meth:`code_item` and :meth:`synthesize` per item, so ``y_hat``,
+        the likelihoods and the latent are exactly those that coding the same item gives.
         """
         if self.training:
             hyper = self.hyper_codec(z)
             y_out = self.latent_codec(y, hyper["params"])
             y_hat = y_out["y_hat"]
             likelihoods = {"y": y_out["likelihoods"]["y"], "z": hyper["likelihoods"]["z"]}
+            latents = self.g_s(y_hat)
         else:
             items = [self.code_item(y[i : i + 1], z[i : i + 1]) for i in range(y.shape[0])]
             y_hat = torch.cat([y_hat for y_hat, _ in items])
             likelihoods = {key: torch.cat([lik[key] for _, lik in items]) for key in ("y", "z")}
-        latents = self.g_s(y_hat)
+            latents = self.synthesize(y_hat)
         if not return_dict:
             return (latents, likelihoods, y_hat)
         return SLIMDecompressorOutput(latents=latents, likelihoods=likelihoods, y_hat=y_hat)
 
     # --------------------------------------------------------------------------------------- inference
+    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """``g_s`` one item at a time: CPU convolutions round differently at different batch sizes, and a
+        decoded image must not depend on what else was in the batch."""
+        return torch.cat([self.g_s(y_hat[i : i + 1]) for i in range(y_hat.shape[0])])
+
     def _cdf_lists(self, module: EntropyModel) -> Tuple[List[List[int]], List[int], List[int]]:
         # the rANS coder takes Python lists; converting the tables on every call costs more than coding
         key = tuple((b.data_ptr(), b._version) for b in (module._quantized_cdf, module._cdf_length, module._offset))
@@ -320,3 +334,27 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         if estimating:
             likelihoods["y"] = torch.cat(y_liks, dim=1)
         return torch.cat(y_hats, dim=1), likelihoods
+
+    def fingerprint(self) -> bytes:
+        """4-byte identity of everything that decides how a payload decodes: weights and CDF tables.
+
+        Written into every ``.slim`` file so that decoding with other weights fails loudly instead of
+        producing a wrong image. Cached until any parameter or buffer changes (optimizer steps,
+        ``load_state_dict`` and ``update()`` all bump tensor versions or replace tensors).
+        """
+        tensors = sorted(self.state_dict(keep_vars=True).items())
+        key = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors)
+        cached = self.__dict__.get("_fingerprint_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(json.dumps(
+            {k: v for k, v in self.config.items() if not k.startswith("_")}, sort_keys=True, default=list
+        ).encode())
+        for name, t in tensors:
+            t = t.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        value = digest.digest()[:4]
+        self.__dict__["_fingerprint_cache"] = (key, value)
+        return value

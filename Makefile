@@ -1,0 +1,25 @@
+# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the test suite.
+# Both create (or reuse) the virtual environment in $(VENV) and install the package into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.slim-installed
+
+.PHONY: demo test install clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,train]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/slim demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_output

@@ -1,0 +1,246 @@
+"""The ``.slim`` file format: one compressed image for a machine.
+
+Byte layout (format version 1; integers little-endian, ``uvarint`` = unsigned LEB128, at most 5 bytes)::
+
+    offset  size      field
+    0       4         magic, the ASCII bytes ``SLIM``
+    4       1         format version (1)
+    5       uvarint   image height in pixels (1 … 16384)
+            uvarint   image width in pixels (1 … 16384)
+            4         model fingerprint: first 4 bytes of the BLAKE2b digest of the decompressor's weights
+                      and CDF tables (:meth:`SLIMDecompressor.fingerprint`)
+            uvarint   caption length in bytes, compressed (0 … 1024)
+            n         caption: UTF-8 text compressed with zlib's raw DEFLATE (``wbits=-15``: no zlib
+                      header or Adler-32, the file has its own CRC); decompressed at most 1024 bytes
+            uvarint   payload length in bytes
+            n         payload: one rANS stream of the latent (:mod:`slim_diffusers.codec`)
+            4         CRC-32 (``zlib.crc32``) of every byte before it
+
+An empty caption costs one byte (its zero length). The header adds 15–17 bytes to the payload and
+caption; bits per pixel counts all of them.
+
+Every malformed input raises :class:`SLIMBitstreamError` before any memory is sized from a header field:
+lengths are checked against the bytes actually present and against the limits above.
+"""
+
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import Tuple, Union
+
+from .errors import SLIMBitstreamError
+
+MAGIC = b"SLIM"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_SIDE = 16384
+MAX_CAPTION_BYTES = 1024
+FINGERPRINT_BYTES = 4
+# a 16384² image at an absurd 8 bpp is 256 MiB; anything larger is not a .slim file
+MAX_FILE_BYTES = 1 << 28
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SLIMBitstream",
+    "SLIMBitstreamError",
+    "compress_caption",
+    "decompress_caption",
+]
+
+
+def _write_uvarint(value: int, out: bytearray) -> None:
+    if value < 0:
+        raise ValueError("uvarint fields are unsigned")
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return
+
+
+def _read_uvarint(data: bytes, pos: int, field: str) -> Tuple[int, int]:
+    value = 0
+    for i in range(5):
+        if pos >= len(data):
+            raise SLIMBitstreamError(f"truncated .slim data: it ends inside the {field} field")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos
+    raise SLIMBitstreamError(f"corrupt .slim data: the {field} field is longer than 5 bytes")
+
+
+def compress_caption(caption: str) -> bytes:
+    """Raw-DEFLATE the caption (zlib, level 9). The empty caption is zero bytes."""
+    if not caption:
+        return b""
+    packer = zlib.compressobj(level=9, wbits=-15)
+    return packer.compress(caption.encode("utf-8")) + packer.flush()
+
+
+def decompress_caption(data: bytes) -> str:
+    if not data:
+        return ""
+    unpacker = zlib.decompressobj(wbits=-15)
+    try:
+        # bounded: never inflate more than the format allows (a tiny DEFLATE stream can expand 1000×)
+        text = unpacker.decompress(data, MAX_CAPTION_BYTES + 1)
+    except zlib.error as err:
+        raise SLIMBitstreamError(f"corrupt caption in .slim data ({err})") from None
+    if len(text) > MAX_CAPTION_BYTES or unpacker.unconsumed_tail or not unpacker.eof or unpacker.unused_data:
+        raise SLIMBitstreamError(
+            f"corrupt caption in .slim data: not one DEFLATE stream of at most {MAX_CAPTION_BYTES} bytes"
+        )
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SLIMBitstreamError("corrupt caption in .slim data: not UTF-8 text") from None
+
+
+@dataclass
+class SLIMBitstream:
+    """One compressed image: what a ``.slim`` file holds.
+
+    Args:
+        height, width: size of the original image in pixels (the decoder crops back to it).
+        fingerprint: identifies the decompressor weights that can decode ``payload``.
+        caption: the RoI-focused caption (may be empty).
+        payload: the entropy-coded latent.
+        version: format version.
+    """
+
+    height: int
+    width: int
+    fingerprint: bytes
+    caption: str
+    payload: bytes
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.version not in SUPPORTED_VERSIONS:
+            raise SLIMBitstreamError(f"unsupported .slim format version {self.version}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+                raise SLIMBitstreamError(f"image {name} must be an integer in 1…{MAX_SIDE}, got {value!r}")
+        if not isinstance(self.fingerprint, bytes) or len(self.fingerprint) != FINGERPRINT_BYTES:
+            raise SLIMBitstreamError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+        if not isinstance(self.payload, (bytes, bytearray)):
+            raise SLIMBitstreamError("payload must be bytes")
+        self.payload = bytes(self.payload)
+
+    # ------------------------------------------------------------------------------------------ bytes
+    def to_bytes(self) -> bytes:
+        caption = compress_caption(self.caption)
+        if len(caption) > MAX_CAPTION_BYTES or len(self.caption.encode("utf-8")) > MAX_CAPTION_BYTES:
+            raise SLIMBitstreamError(
+                f"caption too long for the .slim format (at most {MAX_CAPTION_BYTES} UTF-8 bytes); shorten it"
+            )
+        out = bytearray(MAGIC)
+        out.append(self.version)
+        _write_uvarint(self.height, out)
+        _write_uvarint(self.width, out)
+        out += self.fingerprint
+        _write_uvarint(len(caption), out)
+        out += caption
+        _write_uvarint(len(self.payload), out)
+        out += self.payload
+        out += struct.pack("<I", zlib.crc32(out))
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: Union[bytes, bytearray, memoryview]) -> "SLIMBitstream":
+        data = bytes(data)
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            raise SLIMBitstreamError("not a .slim file: it does not start with the magic bytes 'SLIM'")
+        if len(data) < len(MAGIC) + 1:
+            raise SLIMBitstreamError("truncated .slim data: it ends before the format version")
+        version = data[len(MAGIC)]
+        if version not in SUPPORTED_VERSIONS:
+            raise SLIMBitstreamError(
+                f"unsupported .slim format version {version} (this slim-diffusers reads {SUPPORTED_VERSIONS}); "
+                "upgrade slim-diffusers"
+            )
+        if len(data) > MAX_FILE_BYTES:
+            raise SLIMBitstreamError(f"not a .slim file: {len(data)} bytes is larger than any valid one")
+        if len(data) < len(MAGIC) + 1 + 4:
+            raise SLIMBitstreamError("truncated .slim data: too short to hold a header and checksum")
+        body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+        if zlib.crc32(body) != crc:
+            raise SLIMBitstreamError("corrupt or truncated .slim data: CRC-32 mismatch; fetch the file again")
+
+        pos = len(MAGIC) + 1
+        height, pos = _read_uvarint(body, pos, "height")
+        width, pos = _read_uvarint(body, pos, "width")
+        if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+            raise SLIMBitstreamError(f"corrupt .slim data: image size {height}×{width} is out of range")
+        if pos + FINGERPRINT_BYTES > len(body):
+            raise SLIMBitstreamError("truncated .slim data: it ends inside the model fingerprint")
+        fingerprint = body[pos : pos + FINGERPRINT_BYTES]
+        pos += FINGERPRINT_BYTES
+        caption_len, pos = _read_uvarint(body, pos, "caption length")
+        if caption_len > MAX_CAPTION_BYTES or pos + caption_len > len(body):
+            raise SLIMBitstreamError(f"corrupt .slim data: caption length {caption_len} is out of range")
+        caption = decompress_caption(body[pos : pos + caption_len])
+        pos += caption_len
+        payload_len, pos = _read_uvarint(body, pos, "payload length")
+        if pos + payload_len != len(body):
+            raise SLIMBitstreamError(
+                f"corrupt .slim data: payload length {payload_len} does not match the {len(body) - pos} bytes present"
+            )
+        return cls(
+            height=height,
+            width=width,
+            fingerprint=fingerprint,
+            caption=caption,
+            payload=body[pos:],
+            version=version,
+        )
+
+    # ------------------------------------------------------------------------------------------ files
+    def save(self, path: Union[str, os.PathLike]) -> int:
+        """Write atomically (a half-written file never appears under ``path``); return the bytes written."""
+        data = self.to_bytes()
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return len(data)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "SLIMBitstream":
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise SLIMBitstreamError(f"{path}: {size} bytes is larger than any valid .slim file")
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            return cls.from_bytes(data)
+        except SLIMBitstreamError as err:
+            raise SLIMBitstreamError(f"{path}: {err}") from None
+
+    # ------------------------------------------------------------------------------------------ rate
+    @property
+    def num_bytes(self) -> int:
+        """Size of the whole file: header, caption, payload and CRC."""
+        return len(self.to_bytes())
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return 8 * self.num_bytes / (self.height * self.width)
+
+    @property
+    def caption_bits(self) -> int:
+        return 8 * len(compress_caption(self.caption))
