@@ -16,6 +16,9 @@ _LAZY = {
     "SLIMCompressorOutput": "slim_diffusers.models.compressor",
     "SLIMDecompressor": "slim_diffusers.models.decompressor",
     "SLIMDecompressorOutput": "slim_diffusers.models.decompressor",
+    "SLIMControlNet": "slim_diffusers.models.controlnet",
+    "SLIMPipeline": "slim_diffusers.pipelines.pipeline_slim",
+    "SLIMPipelineOutput": "slim_diffusers.pipelines.pipeline_slim",
     "SLIMBitstream": "slim_diffusers.bitstream",
     "SLIMBitstreamError": "slim_diffusers.errors",
     "SLIMModelMismatchError": "slim_diffusers.errors",
@@ -44,4 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .bitstream import SLIMBitstream
     from .errors import SLIMBitstreamError, SLIMModelMismatchError
     from .models.compressor import SLIMCompressor, SLIMCompressorOutput
+    from .models.controlnet import SLIMControlNet
+    from .pipelines.pipeline_slim import SLIMPipeline, SLIMPipelineOutput
     from .models.decompressor import SLIMDecompressor, SLIMDecompressorOutput

@@ -30,6 +30,97 @@ def _cmd_info(args) -> int:
     return status
 
 
+def _load_pipeline(model: str, sender_only: bool, device: Optional[str]):
+    from .pipelines.pipeline_slim import SLIMPipeline
+
+    kwargs = {}
+    if sender_only:
+        # a sender needs the VAE encoder and the codec, nothing of the diffusion decoder
+        kwargs = dict(unet=None, controlnet=None, text_encoder=None, tokenizer=None)
+    pipe = SLIMPipeline.from_pretrained(model, **kwargs)
+    if device:
+        pipe.to(device)
+    return pipe
+
+
+def _output_path(out_dir, source: str, suffix: str, force: bool):
+    from pathlib import Path
+
+    path = Path(out_dir) / (Path(source).stem + suffix)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    return path
+
+
+def _atomic_save_image(image, path) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _cmd_compress(args) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = [_output_path(out_dir, f, ".slim", args.force) for f in args.images]  # refuse before any work
+    if len(set(targets)) != len(targets):
+        raise SystemExit("error: several inputs have the same file name stem; compress them into different folders")
+    pipe = _load_pipeline(args.model, sender_only=True, device=args.device)
+    total_bytes, bpps = 0, []
+    for source, target in tqdm(list(zip(args.images, targets)), desc="compress", unit="img"):
+        with Image.open(source) as image:
+            image.load()
+            (bs,) = pipe.compress(image, captions=args.caption)
+        total_bytes += bs.save(target)
+        bpps.append(bs.bits_per_pixel)
+    print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
+    return 0
+
+
+def _cmd_decompress(args) -> int:
+    from pathlib import Path
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .bitstream import SLIMBitstream
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = [_output_path(out_dir, f, ".png", args.force) for f in args.files]
+    bitstreams = [SLIMBitstream.load(f) for f in args.files]  # every file is checked before any model loads
+    pipe = _load_pipeline(args.model, sender_only=False, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    total_bytes, bpps = 0, []
+    for bs, target in tqdm(list(zip(bitstreams, targets)), desc="decompress", unit="img"):
+        image = pipe.decompress(
+            bs,
+            num_inference_steps=args.steps,
+            strength=args.strength,
+            use_diffusion=not args.no_diffusion,
+            generator=generator,
+        ).images[0]
+        _atomic_save_image(image, target)
+        total_bytes += bs.num_bytes
+        bpps.append(bs.bits_per_pixel)
+    print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slim", description="SLIM: low-bitrate image compression for machines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,12 +128,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the header and bits per pixel of .slim files")
     p.add_argument("files", nargs="+", help=".slim files")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("compress", help="compress images into .slim files")
+    p.add_argument("images", nargs="+", help="image files (any mode and size Pillow reads)")
+    p.add_argument("--model", required=True, help="a saved SLIM pipeline: Hub id or local directory")
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the .slim files")
+    p.add_argument("--caption", default=None, help="caption to send with every image (default: none)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("--force", action="store_true", help="overwrite existing .slim files")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode .slim files into PNG images")
+    p.add_argument("files", nargs="+", help=".slim files")
+    p.add_argument("--model", required=True, help="the SLIM pipeline that wrote the files: Hub id or directory")
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the PNG images")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    p.add_argument("--strength", type=float, default=1.0, help="1 = sample from noise; <1 = start from noised ẑ")
+    p.add_argument("--no-diffusion", action="store_true", help="decode ẑ with the VAE directly (ablation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("--force", action="store_true", help="overwrite existing PNG files")
+    p.set_defaults(func=_cmd_decompress)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # SLIMBitstreamError and SLIMModelMismatchError are ValueErrors
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

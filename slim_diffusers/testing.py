@@ -6,6 +6,7 @@ component is built from a config written in code and randomly initialised with a
 Command line::
 
     python -m slim_diffusers.testing save-tiny-codec OUT_DIR
+    python -m slim_diffusers.testing save-tiny-pipeline OUT_DIR [--prediction-type v_prediction]
 """
 
 import argparse
@@ -37,6 +38,103 @@ def tiny_codec(seed: int = 0) -> Tuple[SLIMCompressor, SLIMDecompressor]:
     decompressor.eval()
     decompressor.update(force=True)
     return compressor, decompressor
+
+
+def tiny_tokenizer(model_max_length: int = 16):
+    """A CLIP tokenizer built in code: byte-level characters, no merges (every character a token)."""
+    from transformers import CLIPTokenizer
+
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = [chr(b) for b in printable], 0
+    for b in range(256):  # GPT-2/CLIP byte-to-unicode mapping for the remaining bytes
+        if b not in printable:
+            chars.append(chr(256 + extra))
+            extra += 1
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in chars:
+            vocab[c + suffix] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
+    """Tiny Stable-Diffusion-shaped components: VAE (stride 8, 4 latent channels), UNet, CLIP, DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        use_linear_projection=True,
+    )
+    torch.manual_seed(seed + 2)
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            projection_dim=32,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        prediction_type=prediction_type,
+    )
+    return dict(vae=vae.eval(), unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler)
+
+
+def tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", control_scale: float = 0.02):
+    """A tiny, seeded, offline :class:`~slim_diffusers.SLIMPipeline`.
+
+    The control module starts from the UNet (``from_unet``) with its zero convolutions set to small
+    seeded values (``control_scale``), so that ẑ and the caption visibly steer the output, as they would
+    after training; ``control_scale=0`` keeps the untrained zero initialisation.
+    """
+    from .models.controlnet import SLIMControlNet
+    from .pipelines.pipeline_slim import SLIMPipeline
+
+    sd = tiny_sd_components(seed, prediction_type)
+    controlnet = SLIMControlNet.from_unet(sd["unet"], conditioning_channels=4)
+    if control_scale:
+        gen = torch.Generator().manual_seed(seed + 3)
+        with torch.no_grad():
+            for name, param in controlnet.named_parameters():
+                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) or name.endswith("conv_out.weight"):
+                    param.copy_(torch.randn(param.shape, generator=gen) * control_scale)
+    compressor, decompressor = tiny_codec(seed)
+    return SLIMPipeline(controlnet=controlnet.eval(), compressor=compressor, decompressor=decompressor, **sd)
 
 
 def structured_latents(
@@ -79,9 +177,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = sub.add_parser("save-tiny-codec", help="write a tiny compressor/ and decompressor/ with save_pretrained")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("save-tiny-pipeline", help="write a tiny SLIMPipeline with save_pretrained")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     args = parser.parse_args(argv)
     if args.command == "save-tiny-codec":
         _save_tiny_codec(args.out_dir, args.seed)
+    elif args.command == "save-tiny-pipeline":
+        tiny_pipeline(args.seed, args.prediction_type).save_pretrained(args.out_dir)
     print(f"wrote {args.out_dir}")
     return 0
 

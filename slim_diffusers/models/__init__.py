@@ -1,4 +1,5 @@
 from .compressor import SLIMCompressor, SLIMCompressorOutput
+from .controlnet import SLIMControlNet
 from .decompressor import SLIMDecompressor, SLIMDecompressorOutput
 
-__all__ = ["SLIMCompressor", "SLIMCompressorOutput", "SLIMDecompressor", "SLIMDecompressorOutput"]
+__all__ = ["SLIMCompressor", "SLIMCompressorOutput", "SLIMControlNet", "SLIMDecompressor", "SLIMDecompressorOutput"]

@@ -72,3 +72,9 @@ class SLIMCompressor(ModelMixin, ConfigMixin):
         if not return_dict:
             return (y, z)
         return SLIMCompressorOutput(y=y, z=z)
+
+
+# model_index.json records where a component's class lives; recording the package (not this file) keeps
+# saved pipelines loadable when the code moves. diffusers then finds the class and its base classes
+# (ModelMixin, ...) as attributes of `slim_diffusers`.
+SLIMCompressor.__module__ = "slim_diffusers"

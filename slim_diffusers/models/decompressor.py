@@ -70,6 +70,16 @@ def _resize_cdf_buffers_on_load(module, state_dict, prefix, *args, **kwargs):
                 module.register_buffer(name, torch.zeros_like(state_dict[key], device=buf.device))
 
 
+class _CheckerboardContext(CheckerboardMaskedConv2d):
+    """CompressAI's checkerboard-masked convolution, masking a copy of the weight in each forward.
+
+    The parent masks ``weight.data`` in place on every call, which rewrites parameters during inference and
+    would change the model's fingerprint between the first call and the rest."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
 def _scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
     """``GaussianConditional.build_indexes`` in one op: the index of the CDF for each scale is the count of
     table entries (all but the last) strictly below the lower-bounded scale. CompressAI computes the same
@@ -145,7 +155,7 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
                         gaussian_conditional=GaussianConditional(None), quantizer="ste", chunks=("means", "scales")
                     )
                 },
-                context_prediction=CheckerboardMaskedConv2d(g, g * 2, kernel_size=5, stride=1, padding=2),
+                context_prediction=_CheckerboardContext(g, g * 2, kernel_size=5, stride=1, padding=2),
                 # parameter aggregation (pointwise, as CheckerboardLatentCodec requires)
                 entropy_parameters=nn.Sequential(
                     conv1x1(g * 2 + (k > 0) * g * 2 + M * 2, M),
@@ -368,3 +378,9 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         value = digest.digest()[:4]
         self.__dict__["_fingerprint_cache"] = (key, value)
         return value
+
+
+# model_index.json records where a component's class lives; recording the package (not this file) keeps
+# saved pipelines loadable when the code moves. diffusers then finds the class and its base classes
+# (ModelMixin, ...) as attributes of `slim_diffusers`.
+SLIMDecompressor.__module__ = "slim_diffusers"

@@ -1,0 +1,3 @@
+from .pipeline_slim import SLIMPipeline, SLIMPipelineOutput
+
+__all__ = ["SLIMPipeline", "SLIMPipelineOutput"]

@@ -1,0 +1,213 @@
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from slim_diffusers import SLIMBitstream, SLIMModelMismatchError, SLIMPipeline
+from slim_diffusers.testing import tiny_pipeline
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = tiny_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    a = PIL.Image.fromarray(base).resize((40, 32), PIL.Image.BICUBIC)
+    b = PIL.Image.fromarray(base[::-1].copy()).resize((40, 32), PIL.Image.BICUBIC)
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def saved(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe")
+    pipe.save_pretrained(path)
+    return path
+
+
+def decode(pipe, bitstreams, seed=0, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    return pipe.decompress(bitstreams, generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+
+
+def test_compress_writes_real_bytes(pipe, images):
+    bitstreams = pipe.compress(images, captions=["a cat", "a dog"])
+    assert [bs.caption for bs in bitstreams] == ["a cat", "a dog"]
+    for bs in bitstreams:
+        data = bs.to_bytes()
+        assert SLIMBitstream.from_bytes(data) == bs
+        assert (bs.height, bs.width) == (32, 40)
+        assert bs.bits_per_pixel == pytest.approx(8 * len(data) / (32 * 40))
+        assert bs.fingerprint == pipe.decompressor.fingerprint()
+
+
+def test_call_returns_images_bitstreams_and_rate(pipe, images):
+    out = pipe(images, captions="a cat", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    assert len(out.images) == 2 and all(isinstance(im, PIL.Image.Image) and im.size == (40, 32) for im in out.images)
+    assert out.bits_per_pixel == [bs.bits_per_pixel for bs in out.bitstreams]
+
+
+def test_seeded_generator_is_deterministic(pipe, images):
+    bitstreams = pipe.compress(images, captions="x")
+    assert pipe.compress(images, captions="x") == bitstreams
+    np.testing.assert_array_equal(decode(pipe, bitstreams, seed=3), decode(pipe, bitstreams, seed=3))
+    assert np.abs(decode(pipe, bitstreams, seed=3) - decode(pipe, bitstreams, seed=4)).max() > 1e-4
+
+
+def test_batch_of_one_equals_first_item_of_a_batch(pipe, images):
+    bitstreams = pipe.compress(images, captions=["a cat", "a dog"])
+    assert pipe.compress(images[:1], captions="a cat") == bitstreams[:1]
+    batch = decode(pipe, bitstreams, seed=1)
+    single = decode(pipe, bitstreams[:1], seed=1)
+    np.testing.assert_allclose(batch[:1], single, atol=1e-4)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_output_types(pipe, images, output_type):
+    bitstreams = pipe.compress(images, captions="x")
+    out = pipe.decompress(bitstreams, num_inference_steps=STEPS, output_type=output_type).images
+    if output_type == "pil":
+        assert [im.size for im in out] == [(40, 32)] * 2
+    elif output_type == "np":
+        assert out.shape == (2, 32, 40, 3) and 0 <= out.min() and out.max() <= 1
+    elif output_type == "pt":
+        assert out.shape == (2, 3, 32, 40)
+    else:
+        assert out.shape == (2, 4, 4, 5)
+
+
+def test_any_size_and_mode_round_trips(pipe):
+    rng = np.random.default_rng(1)
+    inputs = [
+        PIL.Image.fromarray(rng.integers(0, 256, (13, 21), dtype=np.uint8), mode="L"),
+        PIL.Image.fromarray(rng.integers(0, 256, (9, 30, 4), dtype=np.uint8), mode="RGBA"),
+        rng.random((17, 11, 3)).astype(np.float32),
+        torch.rand(3, 24, 8),
+    ]
+    bitstreams = pipe.compress(inputs, captions="")
+    sizes = [(bs.width, bs.height) for bs in bitstreams]
+    assert sizes == [(21, 13), (30, 9), (11, 17), (8, 24)]
+    out = pipe.decompress(bitstreams, use_diffusion=False, output_type="pil").images
+    assert [im.size for im in out] == sizes
+
+
+def test_bad_inputs_fail_early_with_clear_messages(pipe):
+    with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
+        pipe.compress(np.full((8, 8, 3), 2.0, dtype=np.float32))
+    with pytest.raises(ValueError, match="C in \\(1, 3, 4\\)"):
+        pipe.compress(torch.rand(5, 8, 8))
+    with pytest.raises(ValueError, match="captions"):
+        pipe.compress([torch.rand(3, 8, 8)] * 2, captions=["a"])
+    with pytest.raises(ValueError, match="output_type"):
+        pipe.decompress(pipe.compress(torch.rand(3, 8, 8), captions=""), output_type="jpeg")
+
+
+def test_missing_caption_warns_once(images):
+    p = tiny_pipeline(seed=0)
+    with pytest.warns(UserWarning, match="empty caption"):
+        p.compress(images[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p.compress(images[:1])
+
+
+def test_callback_on_step_end_sees_and_can_replace_latents(pipe, images):
+    bitstreams = pipe.compress(images[:1], captions="x")
+    seen = []
+
+    def callback(p, step, t, tensors):
+        seen.append((step, int(t), tensors["latents"].shape))
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    out = pipe.decompress(bitstreams, num_inference_steps=3, callback_on_step_end=callback, output_type="latent")
+    assert [s for s, _, _ in seen] == [0, 1, 2]
+    assert torch.equal(out.images, torch.zeros_like(out.images))
+
+
+def test_strength_below_one_starts_from_the_noised_latent(pipe, images):
+    bitstreams = pipe.compress(images[:1], captions="x")
+    calls = []
+    pipe.decompress(bitstreams, num_inference_steps=10, strength=0.3, output_type="latent",
+                    callback_on_step_end=lambda p, i, t, k: calls.append(i) or {})
+    assert len(calls) == 3
+
+
+def test_without_diffusion_decodes_the_transmitted_latent(pipe, images):
+    bitstreams = pipe.compress(images[:1], captions="x")
+    latent = pipe.decompress(bitstreams, use_diffusion=False, output_type="latent").images
+    assert torch.equal(latent, pipe.decode_latents_from_bitstreams(bitstreams)[0])
+
+
+def test_save_load_gives_the_same_output(pipe, images, saved):
+    loaded = SLIMPipeline.from_pretrained(saved)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.compressor).__name__ == "SLIMCompressor"
+    assert type(loaded.controlnet).__name__ == "SLIMControlNet"
+    bitstreams = pipe.compress(images, captions="x")
+    assert loaded.compress(images, captions="x") == bitstreams
+    np.testing.assert_allclose(decode(loaded, bitstreams), decode(pipe, bitstreams), atol=1e-5)
+
+
+def test_sender_only_loading(saved, images, pipe):
+    sender = SLIMPipeline.from_pretrained(saved, unet=None, controlnet=None, text_encoder=None, tokenizer=None)
+    assert sender.unet is None and sender.controlnet is None
+    bitstreams = sender.compress(images, captions="x")
+    assert bitstreams == pipe.compress(images, captions="x")
+    with pytest.raises(ValueError, match="unet"):
+        sender.decompress(bitstreams)
+
+
+def test_loading_in_a_fresh_process(saved, images, pipe, tmp_path):
+    path = tmp_path / "a.slim"
+    pipe.compress(images[:1], captions="a fox")[0].save(path)
+    code = (
+        "import sys, numpy as np, torch; from slim_diffusers import SLIMPipeline, SLIMBitstream;"
+        f"p = SLIMPipeline.from_pretrained({str(saved)!r}); p.set_progress_bar_config(disable=True);"
+        f"bs = SLIMBitstream.load({str(path)!r});"
+        f"im = p.decompress(bs, num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(0), output_type='np').images;"
+        f"np.save({str(tmp_path / 'out.npy')!r}, im)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    expected = decode(pipe, [SLIMBitstream.load(path)])
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+
+
+def test_decoding_with_other_weights_raises_mismatch(pipe, images):
+    bitstreams = pipe.compress(images[:1], captions="x")
+    other = tiny_pipeline(seed=1)
+    with pytest.raises(SLIMModelMismatchError, match=bitstreams[0].fingerprint.hex()) as err:
+        other.decompress(bitstreams)
+    assert other.decompressor.fingerprint().hex() in str(err.value)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_from_stable_diffusion(tmp_path, prediction_type):
+    from diffusers import StableDiffusionPipeline
+
+    from slim_diffusers.testing import tiny_sd_components
+
+    sd = StableDiffusionPipeline(**tiny_sd_components(0, prediction_type), safety_checker=None,
+                                 feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(tmp_path / "sd")
+    pipe = SLIMPipeline.from_stable_diffusion(
+        str(tmp_path / "sd"), hidden_channels=8, latent_codec_channels=16, hyper_channels=8, groups=(4, 4, 8)
+    )
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    assert pipe.decompressor.config.groups == (4, 4, 8) and pipe.compressor.config.latent_codec_channels == 16
+    torch.testing.assert_close(pipe.controlnet.conv_in.weight, pipe.unet.conv_in.weight)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(torch.rand(3, 16, 24), captions="x", num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 16, 24, 3)
+    with pytest.raises(ValueError, match="unknown"):
+        SLIMPipeline.from_stable_diffusion(str(tmp_path / "sd"), not_an_option=1)
