@@ -121,6 +121,46 @@ def _cmd_decompress(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from .testing import tiny_pipeline
+
+    assets = Path(__file__).resolve().parent / "assets" / "images"
+    sources = sorted(assets.glob("*.png")) + [Path(p) for p in args.images]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        from .pipelines.pipeline_slim import SLIMPipeline
+
+        pipe, which = SLIMPipeline.from_pretrained(args.model), args.model
+    else:
+        pipe, which = tiny_pipeline(seed=0), "tiny pipeline with random weights (no trained model bundled yet)"
+    pipe.set_progress_bar_config(disable=True)
+    print(f"model: {which}")
+    print(f"{'file':<28}{'size':>10}{'bytes':>8}{'bpp':>9}  caption")
+    total, bpps = 0, []
+    for source in sources:
+        with Image.open(source) as image:
+            image.load()
+        # bundled images are named after their content ("red_circle.png" -> "a red circle")
+        caption = args.caption if args.caption is not None else "a " + source.stem.replace("_", " ")
+        (bs,) = pipe.compress(image, captions=caption)
+        size = bs.save(out_dir / f"{source.stem}.slim")
+        decoded = pipe.decompress(
+            bs, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0)
+        ).images[0]
+        decoded.save(out_dir / f"{source.stem}.png")
+        total += size
+        bpps.append(bs.bits_per_pixel)
+        print(f"{source.name:<28}{f'{image.width}x{image.height}':>10}{size:>8}{bs.bits_per_pixel:>9.4f}  {bs.caption}")
+    print(f"{len(bpps)} images, {total} bytes, mean {sum(bpps) / len(bpps):.4f} bpp; .slim files and decoded PNGs in {out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slim", description="SLIM: low-bitrate image compression for machines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing PNG files")
     p.set_defaults(func=_cmd_decompress)
+
+    p = sub.add_parser("demo", help="compress and decode the bundled images (offline)")
+    p.add_argument("images", nargs="*", help="more images to include")
+    p.add_argument("--model", default=None, help="a saved SLIM pipeline (default: the bundled one)")
+    p.add_argument("-o", "--output-dir", default="demo_output")
+    p.add_argument("--caption", default=None, help="caption for every image (default: from the file name)")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps (default: 4)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
