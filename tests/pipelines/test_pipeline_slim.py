@@ -211,3 +211,15 @@ def test_from_stable_diffusion(tmp_path, prediction_type):
     assert out.images.shape == (1, 16, 24, 3)
     with pytest.raises(ValueError, match="unknown"):
         SLIMPipeline.from_stable_diffusion(str(tmp_path / "sd"), not_an_option=1)
+
+
+def test_diffusion_parts_in_bfloat16(images):
+    p = tiny_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    bitstreams = p.compress(images[:1], captions="x")
+    for name in ("vae", "unet", "controlnet", "text_encoder"):
+        getattr(p, name).to(torch.bfloat16)
+    out = p.decompress(bitstreams, num_inference_steps=STEPS, output_type="np").images
+    assert out.shape == (1, 32, 40, 3) and np.isfinite(out).all()
+    # the codec kept float32, so the decoding weights, and what they accept, are unchanged
+    assert p.compress(images[:1], captions="x")[0].fingerprint == bitstreams[0].fingerprint
