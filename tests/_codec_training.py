@@ -26,7 +26,7 @@ def fit_tiny_codec(kodak_dir, steps: int = 150, seed: int = 0, lmbda: float = 4.
         opt.step()
         decompressor.aux_loss().backward()
         aux_opt.step()
-        history.append(float(bpp))
+        history.append(float(bpp.detach()))
     compressor.eval(), decompressor.eval()
     decompressor.update(force=True)
     return compressor, decompressor, latents, history

@@ -1,0 +1,153 @@
+"""SLIM's training objective, shared by both training stages (paper §3.2).
+
+Stage 1:  λr·R + λg·MSE(M⊙z, M⊙ẑ) + λd·MSE(target, model(z_t, t, c))
+Stage 2:  stage 1 + λroi·(MSE + LPIPS)(M⊙x, M⊙x̂) + λt·CE(y, classifier(x̂))
+
+``R`` is the rate in bits per pixel from the entropy model's likelihoods, ``M`` the RoI mask (resized to
+the latent for the guide loss, at image size for the RoI loss), ``z`` the VAE latent, ``ẑ`` the
+decompressed latent, ``target`` the noise ε or the velocity v as the scheduler's ``prediction_type`` says.
+
+x̂ for stage 2 is a one-step estimate: ẑ is noised to a sampled timestep t, the UNet guided by the control
+module predicts the clean latent x̂₀ in one step, and the frozen VAE decoder maps it to pixels. Running the
+full sampler with gradients through every step would multiply memory and time by the number of steps;
+the one-step estimate is what the decoder's first step sees and keeps gradients short.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .codec import run_codec
+
+
+@dataclass
+class LossWeights:
+    """The λs of the objective. Stage 1 ignores ``roi`` and ``task``."""
+
+    rate: float = 1.0
+    guide: float = 1.0
+    diffusion: float = 1.0
+    roi: float = 1.0
+    task: float = 0.1
+
+    def as_dict(self) -> Dict[str, float]:
+        return asdict(self)
+
+
+def rate_bpp(likelihoods: Dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
+    """Rate in bits per image pixel: ``-Σ log2(likelihoods) / pixels`` over the batch."""
+    bits = sum(-torch.log2(lik).sum() for lik in likelihoods.values())
+    return bits / num_pixels
+
+
+def guide_loss(latents: torch.Tensor, latents_hat: torch.Tensor, roi_mask: torch.Tensor) -> torch.Tensor:
+    """MSE(M⊙z, M⊙ẑ) with the RoI mask at latent size."""
+    return F.mse_loss(roi_mask * latents_hat, roi_mask * latents)
+
+
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}: SLIM trains ε- or v-prediction models")
+
+
+def predict_original(scheduler, noisy: torch.Tensor, model_output: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """x̂₀ from one model evaluation (ε or v parameterisation)."""
+    alphas = scheduler.alphas_cumprod.to(device=noisy.device, dtype=noisy.dtype)[timesteps].view(-1, 1, 1, 1)
+    if scheduler.config.prediction_type == "epsilon":
+        return (noisy - (1 - alphas).sqrt() * model_output) / alphas.sqrt()
+    return alphas.sqrt() * noisy - (1 - alphas).sqrt() * model_output
+
+
+def controlled_prediction(pipe, noisy, timesteps, prompt_embeds, control_latents) -> torch.Tensor:
+    down, mid = pipe.controlnet(
+        noisy, timesteps, encoder_hidden_states=prompt_embeds, controlnet_cond=control_latents, return_dict=False
+    )
+    return pipe.unet(
+        noisy,
+        timesteps,
+        encoder_hidden_states=prompt_embeds,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+
+
+def resize_mask(roi_mask: torch.Tensor, size) -> torch.Tensor:
+    """Area-average a (B, 1, H, W) mask to ``size``: a latent position's weight is its pixels' mean."""
+    return F.adaptive_avg_pool2d(roi_mask, size) if tuple(roi_mask.shape[-2:]) != tuple(size) else roi_mask
+
+
+def slim_losses(
+    pipe,
+    pixels: torch.Tensor,
+    roi_mask: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    weights: LossWeights,
+    stage: int = 1,
+    labels: Optional[torch.Tensor] = None,
+    classifier=None,
+    classifier_preprocess=None,
+    lpips_model=None,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, torch.Tensor]:
+    """All loss terms for one batch, and their weighted sum under ``"loss"``.
+
+    Args:
+        pipe: a :class:`~slim_diffusers.SLIMPipeline` (its vae, unet, scheduler, controlnet, compressor,
+            decompressor are used; only the last three should require gradients).
+        pixels: images in [-1, 1], (B, 3, H, W), H and W multiples of the VAE stride.
+        roi_mask: (B, 1, H, W) in [0, 1]; all ones trains without RoI focus (the "w/o RoI" ablation).
+        prompt_embeds: CLIP-encoded captions, (B, L, D).
+        stage: 1 or 2.
+        labels, classifier, classifier_preprocess, lpips_model: stage 2 only. ``classifier_preprocess``
+            maps decoded images in [0, 1] to the classifier's input.
+    """
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+    coded = run_codec(pipe.compressor, pipe.decompressor, latents)
+    latents_hat = coded.latents
+    mask_latent = resize_mask(roi_mask, latents.shape[-2:]).to(latents.dtype)
+
+    terms = {
+        "rate_bpp": rate_bpp(coded.likelihoods, pixels.shape[0] * pixels.shape[-2] * pixels.shape[-1]),
+        "guide_loss": guide_loss(latents, latents_hat, mask_latent),
+    }
+
+    scheduler = pipe.scheduler
+    batch = latents.shape[0]
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    device = latents.device
+    timesteps = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
+    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(device, latents.dtype)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = controlled_prediction(pipe, noisy, timesteps, prompt_embeds, latents_hat)
+    terms["diffusion_loss"] = F.mse_loss(prediction.float(), diffusion_target(scheduler, latents, noise, timesteps).float())
+
+    loss = weights.rate * terms["rate_bpp"] + weights.guide * terms["guide_loss"] + weights.diffusion * terms["diffusion_loss"]
+
+    if stage == 2:
+        if classifier is None or lpips_model is None or labels is None:
+            raise ValueError("stage 2 needs labels, a classifier and an LPIPS model")
+        # one-step x̂: noise ẑ to t, predict x̂₀ with the controlled UNet, decode with the frozen VAE
+        noise2 = torch.randn(latents.shape, generator=generator, device="cpu").to(device, latents.dtype)
+        t2 = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
+        noisy_hat = scheduler.add_noise(latents_hat, noise2, t2)
+        x0 = predict_original(scheduler, noisy_hat, controlled_prediction(pipe, noisy_hat, t2, prompt_embeds, latents_hat), t2)
+        decoded = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+        decoded = decoded[..., : pixels.shape[-2], : pixels.shape[-1]]
+        mask = roi_mask.to(decoded.dtype)
+        terms["roi_mse"] = F.mse_loss(mask * decoded, mask * pixels)
+        terms["roi_lpips"] = lpips_model(mask * decoded, mask * pixels).mean()
+        logits = classifier(classifier_preprocess((decoded + 1) / 2))
+        logits = logits.logits if hasattr(logits, "logits") else logits
+        terms["task_loss"] = F.cross_entropy(logits.float(), labels)
+        loss = loss + weights.roi * (terms["roi_mse"] + terms["roi_lpips"]) + weights.task * terms["task_loss"]
+
+    terms["loss"] = loss
+    return terms
