@@ -283,7 +283,7 @@ class SLIMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_captions(self, captions: List[str], device, dtype) -> torch.Tensor:
         ids = self.tokenizer(
-            captions,
+            [str(c) for c in captions],
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,

@@ -1,0 +1,177 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slim_diffusers import SLIMPipeline
+from slim_diffusers.losses import LossWeights, slim_losses
+from slim_diffusers.testing import tiny_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE1 = str(REPO / "training" / "train_stage1.py")
+STAGE2 = str(REPO / "training" / "train_stage2.py")
+
+
+def make_dataset(n: int = 12, size: int = 64, seed: int = 0):
+    """Images with a coloured square (the RoI) on noise; label = colour; mask = the square."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    rows = {"image": [], "label": [], "roi_mask": [], "caption": []}
+    for i in range(n):
+        label = i % 2
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        img[y : y + size // 2, x : x + size // 2] = (220, 30, 30) if label else (30, 30, 220)
+        mask = np.zeros((size, size), np.float32)
+        mask[y : y + size // 2, x : x + size // 2] = 1
+        rows["image"].append(PIL.Image.fromarray(img))
+        rows["label"].append(label)
+        rows["roi_mask"].append(PIL.Image.fromarray(mask, mode="F"))
+        rows["caption"].append("a red square" if label else "a blue square")
+    return datasets.Dataset.from_dict(rows)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_dataset().save_to_disk(str(root / "data"))
+    tiny_pipeline(seed=0).save_pretrained(root / "model")
+    return root
+
+
+def run(script, root, out, *extra, wait=True):
+    cmd = [sys.executable, script, "--pretrained_model_name_or_path", str(root / "model"),
+           "--train_data_dir", str(root / "data"), "--output_dir", str(out), "--resolution", "64",
+           "--train_batch_size", "2", "--num_validation_images", "2", "--report_to", "none", "--seed", "3", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def weights(path: Path, component: str):
+    return load_file(str(path / component / "diffusion_pytorch_model.safetensors"))
+
+
+def test_every_loss_term_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    pipe = tiny_pipeline(seed=0, control_scale=0.0)
+    ds = make_dataset(n=4)
+    pixels = torch.stack([torch.from_numpy(np.asarray(im, np.float32) / 127.5 - 1).permute(2, 0, 1) for im in ds["image"]])
+    masks = torch.stack([torch.from_numpy(np.asarray(m, np.float32))[None] for m in ds["roi_mask"]])
+    embeds = pipe.encode_captions(list(ds["caption"]), "cpu", torch.float32)
+    params = [*pipe.compressor.parameters(), *pipe.decompressor.parameters(), *pipe.controlnet.parameters()]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    for m in (pipe.compressor, pipe.decompressor, pipe.controlnet):
+        m.train()
+    history = []
+    for step in range(40):
+        terms = slim_losses(pipe, pixels, masks, embeds, LossWeights(rate=0.1), stage=1,
+                            generator=torch.Generator().manual_seed(step % 4))
+        opt.zero_grad()
+        (terms["loss"] + pipe.decompressor.aux_loss()).backward()
+        opt.step()
+        history.append({k: float(v) for k, v in terms.items()})
+    for key in ("rate_bpp", "guide_loss", "diffusion_loss", "loss"):
+        first = np.mean([h[key] for h in history[:4]])
+        last = np.mean([h[key] for h in history[-4:]])
+        assert last < first, (key, first, last)
+
+
+def test_stage1_trains_only_the_trainable_parts_and_writes_a_loadable_pipeline(setup):
+    out = setup / "stage1"
+    run(STAGE1, setup, out, "--max_train_steps", "4", "--validation_steps", "2", "--checkpointing_steps", "100")
+    for frozen in ("vae", "unet"):
+        before, after = weights(setup / "model", frozen), weights(out, frozen)
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    before_te = load_file(str(next((setup / "model" / "text_encoder").glob("*.safetensors"))))
+    after_te = load_file(str(next((out / "text_encoder").glob("*.safetensors"))))
+    assert all(torch.equal(before_te[k], after_te[k]) for k in before_te)
+    for trained in ("compressor", "decompressor", "controlnet"):
+        before, after = weights(setup / "model", trained), weights(out, trained)
+        assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point()), trained
+
+    pipe = SLIMPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.new("RGB", (48, 40), (200, 40, 40))
+    result = pipe(image, captions="a red square", num_inference_steps=2)
+    assert result.images[0].size == (48, 40) and result.bits_per_pixel[0] > 0
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and "slim-diffusers" in card.data.tags
+    assert "λrate=1.0" in card.text and "val/bpp" in card.text
+
+
+def test_killed_run_resumes_to_the_same_weights(setup):
+    reference = setup / "reference"
+    run(STAGE1, setup, reference, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "0")
+
+    interrupted = setup / "interrupted"
+    proc = run(STAGE1, setup, interrupted, "--max_train_steps", "1000", "--checkpointing_steps", "3",
+               "--validation_steps", "0", wait=False)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoint-3").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing, then kill without warning
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (interrupted / "checkpoint-3").is_dir() and not (interrupted / "model_index.json").exists()
+    for later in interrupted.glob("checkpoint-*"):
+        if later.name != "checkpoint-3":  # resume from exactly step 3
+            import shutil
+
+            shutil.rmtree(later)
+
+    run(STAGE1, setup, interrupted, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "0",
+        "--resume_from_checkpoint", "latest")
+    import json
+
+    assert json.loads((interrupted / "training_state.json").read_text())["global_step"] == 6
+    for component in ("compressor", "decompressor", "controlnet"):
+        a, b = weights(reference, component), weights(interrupted, component)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{component}.{key}")
+
+
+def test_stage2_with_lora_runs_and_reloads(setup, tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    classifier = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
+                                                           depths=[1, 1], num_labels=2))
+    classifier.save_pretrained(tmp_path / "classifier")
+    out = tmp_path / "stage2"
+    run(STAGE2, setup, out, "--max_train_steps", "2", "--validation_steps", "2", "--unet_lora_rank", "2",
+        "--classifier_name_or_path", str(tmp_path / "classifier"), "--lpips_net", "alex", "--lpips_random_init")
+    state = __import__("json").loads((out / "training_state.json").read_text())
+    assert {"val/task_loss", "val/roi_lpips", "val/roi_mse", "val/bpp"} <= set(state["metrics"])
+    pipe = SLIMPipeline.from_pretrained(out)
+    assert not any("lora" in k for k in weights(out, "unet"))
+    assert any(not torch.equal(weights(setup / "model", "unet")[k], v) for k, v in weights(out, "unet").items())
+
+
+def test_two_process_launch(setup):
+    out = setup / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", STAGE1,
+           "--pretrained_model_name_or_path", str(setup / "model"), "--train_data_dir", str(setup / "data"),
+           "--output_dir", str(out), "--resolution", "64", "--train_batch_size", "2", "--num_validation_images", "2",
+           "--report_to", "none", "--max_train_steps", "2", "--validation_steps", "2", "--checkpointing_steps", "2"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoint-2").is_dir() and (out / "model_index.json").is_file()
+    SLIMPipeline.from_pretrained(out)
