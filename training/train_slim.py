@@ -314,8 +314,11 @@ def main(stage: int, argv=None):
         return pipe
 
     def compute_losses(batch, step):
-        # noise and timesteps drawn from (seed, step, process): a resumed run draws the same ones
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 7919 + accelerator.process_index)
+        # every random draw of a step (timesteps, noise, CompressAI's uniform quantisation noise) comes from
+        # (seed, step, process) alone, so a resumed run draws exactly what an uninterrupted one would
+        step_seed = args.seed * 1_000_003 + step * 7919 + accelerator.process_index
+        torch.manual_seed(step_seed)
+        gen = torch.Generator().manual_seed(step_seed)
         with torch.no_grad():
             embeds = pipe.encode_captions(batch["caption"], accelerator.device, weight_dtype)
         return slim_losses(
@@ -331,8 +334,10 @@ def main(stage: int, argv=None):
     done = global_step >= args.max_train_steps
     epoch = first_epoch
     while not done:
-        sampler.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # Accelerate's loaders pass their own epoch counter to the sampler; give them the real epoch so
+        # that a resumed run draws the same permutation as an uninterrupted one
+        batches.set_epoch(epoch)
         skip = 0
         for batch in batches:
             with accelerator.accumulate(*models):
