@@ -67,6 +67,10 @@ def _atomic_save_image(image, path) -> None:
         raise
 
 
+def _print_summary(bpps, total_bytes: int, out_dir) -> None:
+    print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
+
+
 def _cmd_compress(args) -> int:
     from pathlib import Path
 
@@ -86,7 +90,7 @@ def _cmd_compress(args) -> int:
             (bs,) = pipe.compress(image, captions=args.caption)
         total_bytes += bs.save(target)
         bpps.append(bs.bits_per_pixel)
-    print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
+    _print_summary(bpps, total_bytes, out_dir)
     return 0
 
 
@@ -117,7 +121,7 @@ def _cmd_decompress(args) -> int:
         _atomic_save_image(image, target)
         total_bytes += bs.num_bytes
         bpps.append(bs.bits_per_pixel)
-    print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
+    _print_summary(bpps, total_bytes, out_dir)
     return 0
 
 
