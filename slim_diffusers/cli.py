@@ -125,6 +125,31 @@ def _cmd_decompress(args) -> int:
     return 0
 
 
+def _cmd_inspect(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .bit_allocation import bit_allocation, draw_bit_allocation
+    from .bitstream import SLIMBitstream
+
+    bs = SLIMBitstream.load(args.file)
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        raise FileExistsError(f"{target} exists; pass --force to overwrite it")
+    pipe = _load_pipeline(args.model, sender_only=args.no_diffusion, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe.decompress(bs, num_inference_steps=args.steps, use_diffusion=not args.no_diffusion,
+                            generator=torch.Generator().manual_seed(args.seed)).images[0]
+    s = pipe.vae_scale_factor
+    bits = bit_allocation(pipe.decompressor, bs.payload, (-(-bs.height // s), -(-bs.width // s)))
+    total = float(bits.sum())
+    draw_bit_allocation(image, bits, target, title=f"{Path(args.file).name}: {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
+    print(f"{args.file}: payload {len(bs.payload)} bytes, entropy model {total / 8:.1f} bytes over "
+          f"{bits.shape[0]}×{bits.shape[1]} positions (max {float(bits.max()):.1f} bits) -> {target}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from pathlib import Path
 
@@ -193,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing PNG files")
     p.set_defaults(func=_cmd_decompress)
+
+    p = sub.add_parser("inspect", help="draw the bit allocation of a .slim file over its decoded image")
+    p.add_argument("file", help="a .slim file")
+    p.add_argument("--model", required=True, help="the SLIM pipeline that wrote it")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--no-diffusion", action="store_true", help="draw over ẑ decoded by the VAE alone")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("demo", help="compress and decode the bundled images (offline)")
     p.add_argument("images", nargs="*", help="more images to include")

@@ -274,7 +274,7 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         anchor = (ii + jj) % 2 == 0  # CheckerboardLatentCodec's "even" anchor parity
         return anchor, ~anchor
 
-    def code_item(self, y=None, z=None, *, encoder=None, decoder=None, sizes=None):
+    def code_item(self, y=None, z=None, *, encoder=None, decoder=None, sizes=None, with_likelihoods=False):
         """Run the entropy model over one item (batch of 1) in decoding order.
 
         This one routine serves three purposes so that they cannot drift apart:
@@ -285,10 +285,12 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
           hyper-latent first, then the anchors and non-anchors of each channel group, into one rANS stream;
         - decode (a ``compressai.ans.RansDecoder`` and ``sizes=(y_size, z_size)``): reads them back.
 
-        Returns ``(y_hat, likelihoods)``; likelihoods are ``None`` unless estimating.
+        Returns ``(y_hat, likelihoods)``; likelihoods are ``None`` unless estimating or ``with_likelihoods``
+        (then, when decoding, they are those of the decoded symbols: the bits each position cost).
         """
         decoding = decoder is not None
         estimating = encoder is None and not decoding
+        want_likelihoods = estimating or with_likelihoods
         eb = self.hyper_codec.entropy_bottleneck
         medians = eb._get_medians().detach()
         device = medians.device
@@ -309,7 +311,7 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
                 encoder.encode_with_indexes(
                     z_sym.int().reshape(-1).tolist(), indexes.reshape(-1).tolist(), *self._cdf_lists(eb)
                 )
-        likelihoods = {"z": eb(z)[1]} if estimating else None
+        likelihoods = {"z": eb(z_hat if decoding else z)[1]} if want_likelihoods else None
         hyper_params = self.hyper_codec.h_s(z_hat)
 
         # y in ELIC's order: channel groups, each as checkerboard anchors then non-anchors
@@ -345,13 +347,14 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
                     if encoder is not None:
                         encoder.encode_with_indexes(sym.int().reshape(-1).tolist(), indexes, *self._cdf_lists(gc))
                 y_hat[:, :, mask] = sym + means
-                if estimating:
+                if want_likelihoods:
                     scales_all[:, :, mask] = scales
                     means_all[:, :, mask] = means
             y_hats.append(y_hat)
-            if estimating:
-                y_liks.append(gc(y_parts[k], scales_all, means=means_all, training=False)[1])
-        if estimating:
+            if want_likelihoods:
+                source = y_hat if decoding else y_parts[k]  # y_hat re-quantises to its own symbols
+                y_liks.append(gc(source, scales_all, means=means_all, training=False)[1])
+        if want_likelihoods:
             likelihoods["y"] = torch.cat(y_liks, dim=1)
         return torch.cat(y_hats, dim=1), likelihoods
 

@@ -1,0 +1,58 @@
+"""Where the bits go: per-position bit allocation of a coded latent (paper Fig. 6).
+
+Bits are read from the entropy model itself: the payload is decoded, and each decoded symbol costs
+``-log2`` of the probability the model gave it. A position of the coded latent ``y`` gets the bits of all its
+channels plus an equal share of the bits of the hyper-latent position above it (each hyper-latent
+position covers 4×4 positions of ``y``), so the map sums to the payload size up to the coder's overhead.
+"""
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.ans import RansDecoder
+
+from .codec import _overread_margin
+from .errors import SLIMBitstreamError
+from .models.decompressor import SLIMDecompressor
+
+
+@torch.no_grad()
+def bit_allocation(decompressor: SLIMDecompressor, payload: bytes, latent_shape: Sequence[int]) -> torch.Tensor:
+    """Bits spent at each position of ``y`` (shape ``(H_y, W_y)``, the padded latent divided by the stride)."""
+    h, w = int(latent_shape[-2]), int(latent_shape[-1])
+    sizes = decompressor.code_shapes(h, w)
+    if len(payload) < 8 or len(payload) % 4:
+        raise SLIMBitstreamError(f"corrupt payload: {len(payload)} bytes is not a whole rANS stream")
+    decoder = RansDecoder()
+    decoder.set_stream(bytes(payload) + bytes(_overread_margin(payload, decompressor, sizes)))
+    _, likelihoods = decompressor.code_item(decoder=decoder, sizes=sizes, with_likelihoods=True)
+    y_bits = -torch.log2(likelihoods["y"]).sum(dim=1)[0]
+    z_bits = -torch.log2(likelihoods["z"]).sum(dim=1, keepdim=True)
+    share = decompressor.hyper_stride**2
+    z_bits = F.interpolate(z_bits, size=y_bits.shape, mode="nearest")[0, 0] / share
+    return y_bits + z_bits
+
+
+def draw_bit_allocation(image, bits: torch.Tensor, path, title: str = "") -> None:
+    """Overlay the bit map (upsampled to the padded image, cropped to the image) on ``image`` and save it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width, height = image.size
+    stride_h = -(-height // bits.shape[0])
+    stride_w = -(-width // bits.shape[1])
+    stride = max(stride_h, stride_w)
+    upsampled = np.kron(bits.cpu().numpy(), np.ones((stride, stride)))[:height, :width] / (stride * stride)
+    fig, ax = plt.subplots(figsize=(6, 6 * height / width))
+    ax.imshow(np.asarray(image))
+    overlay = ax.imshow(upsampled, cmap="inferno", alpha=0.6)
+    fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.04, label="bits per pixel")
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
