@@ -137,6 +137,40 @@ def tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", control_scale
     return SLIMPipeline(controlnet=controlnet.eval(), compressor=compressor, decompressor=decompressor, **sd)
 
 
+def tiny_classifier(num_labels: int = 10, seed: int = 0, image_size: int = 64, id2label: Optional[dict] = None):
+    """A tiny transformers image classifier (ResNet) and its image processor, randomly initialised.
+
+    It is the same kind of model as the real system's ``microsoft/resnet-50`` (an
+    ``AutoModelForImageClassification`` with an ``AutoImageProcessor``), so Grad-CAM, the training task loss
+    and the evaluation harness run on it unchanged. Labels default to the toy world's class names when
+    ``num_labels`` matches them.
+    """
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    from .toy_world import CLASS_NAMES
+
+    if id2label is None:
+        names = CLASS_NAMES if num_labels == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_labels)]
+        id2label = dict(enumerate(names))
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    processor = ViTImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    return ResNetForImageClassification(config).eval(), processor
+
+
 def structured_latents(
     batch: int = 1, height: int = 16, width: int = 24, seed: int = 0, image_dir: Optional[str] = None
 ) -> torch.Tensor:

@@ -21,9 +21,9 @@ def test_map_sums_to_the_payload(kodak_dir):
         assert (bits >= 0).all()
         # the same likelihoods the encoder's estimate uses, read back from the bytes
         assert float(bits.sum()) == pytest.approx(estimate_bits(compressor, decompressor, item), rel=1e-4)
-        # what the map misses is the coder's own overhead (8-byte final state, word padding, 16-bit CDFs
-        # and scale-table rounding): a few percent, never negative
-        assert float(bits.sum()) / 8 <= len(payload)
+        # the map and the coder differ by the coder's own overhead (8-byte final state, word padding) and
+        # by its approximations (16-bit CDFs, scales rounded up to the table): a few percent either way,
+        # since a wider table scale makes tail symbols cheaper than the exact likelihood says
         assert float(bits.sum()) / 8 == pytest.approx(len(payload), rel=0.06)
 
 
