@@ -6,7 +6,9 @@ component is built from a config written in code and randomly initialised with a
 Command line::
 
     python -m slim_diffusers.testing save-tiny-codec OUT_DIR
-    python -m slim_diffusers.testing save-tiny-pipeline OUT_DIR [--prediction-type v_prediction]
+    python -m slim_diffusers.testing save-tiny-pipeline OUT_DIR [--prediction-type v_prediction] [--with-roi-captioner]
+    python -m slim_diffusers.testing save-tiny-roi-models OUT_DIR      # OUT_DIR/classifier, OUT_DIR/captioner
+    python -m slim_diffusers.testing save-tiny-dataset OUT_DIR --num_images N
 """
 
 import argparse
@@ -115,12 +117,16 @@ def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
     return dict(vae=vae.eval(), unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler)
 
 
-def tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", control_scale: float = 0.02):
+def tiny_pipeline(
+    seed: int = 0, prediction_type: str = "epsilon", control_scale: float = 0.02, with_roi_captioner: bool = False
+):
     """A tiny, seeded, offline :class:`~slim_diffusers.SLIMPipeline`.
 
     The control module starts from the UNet (``from_unet``) with its zero convolutions set to small
     seeded values (``control_scale``), so that ẑ and the caption visibly steer the output, as they would
-    after training; ``control_scale=0`` keeps the untrained zero initialisation.
+    after training; ``control_scale=0`` keeps the untrained zero initialisation. ``with_roi_captioner``
+    adds the optional RoI classifier (:func:`tiny_classifier`) and captioner (:func:`tiny_blip2`), so that
+    ``compress()`` writes RoI-focused captions when none are given.
     """
     from .models.controlnet import SLIMControlNet
     from .pipelines.pipeline_slim import SLIMPipeline
@@ -134,7 +140,11 @@ def tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", control_scale
                 if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) or name.endswith("conv_out.weight"):
                     param.copy_(torch.randn(param.shape, generator=gen) * control_scale)
     compressor, decompressor = tiny_codec(seed)
-    return SLIMPipeline(controlnet=controlnet.eval(), compressor=compressor, decompressor=decompressor, **sd)
+    extra = {}
+    if with_roi_captioner:
+        extra["roi_classifier"], extra["roi_image_processor"] = tiny_classifier(seed=seed)
+        extra["captioner"], extra["caption_processor"] = tiny_blip2(seed=seed)
+    return SLIMPipeline(controlnet=controlnet.eval(), compressor=compressor, decompressor=decompressor, **sd, **extra)
 
 
 def tiny_classifier(num_labels: int = 10, seed: int = 0, image_size: int = 64, id2label: Optional[dict] = None):
@@ -171,6 +181,57 @@ def tiny_classifier(num_labels: int = 10, seed: int = 0, image_size: int = 64, i
     return ResNetForImageClassification(config).eval(), processor
 
 
+def tiny_caption_tokenizer(model_max_length: int = 64):
+    """An OPT-style (GPT-2 byte-level BPE) tokenizer built in code for the tiny BLIP-2.
+
+    Its vocabulary is the lowercase letters and the word separator, without merges: every letter is a
+    token, so a random captioner writes letter strings rather than undecodable bytes. Other characters
+    are dropped. ``</s>`` is both BOS and EOS, as in OPT.
+    """
+    import string
+
+    from transformers import GPT2Tokenizer
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "\u0120": 3}  # "Ġ" marks a leading space in byte-level BPE
+    for c in string.ascii_lowercase:
+        vocab[c] = len(vocab)
+    return GPT2Tokenizer(
+        vocab=vocab, merges=[], unk_token="<unk>", bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_blip2(seed: int = 0, image_size: int = 32, num_query_tokens: int = 4):
+    """A tiny ``Blip2ForConditionalGeneration`` (ViT + Q-Former + OPT) and its ``Blip2Processor``, in code.
+
+    The same classes as ``Salesforce/blip2-opt-2.7b``, so :mod:`slim_diffusers.captioning` and the dataset
+    builder run on it unchanged. Weights are drawn with a large initialiser range (0.5) so that the random
+    model's greedy captions depend on the image (a small one writes the same string for every input).
+    """
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+
+    tokenizer = tiny_caption_tokenizer()
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        num_query_tokens=num_query_tokens,
+    )
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            encoder_hidden_size=32, vocab_size=len(tokenizer)),
+        text_config=dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                         word_embed_proj_dim=32, vocab_size=len(tokenizer), max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=1, pad_token_id=0, init_std=0.5),
+        num_query_tokens=num_query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        initializer_range=0.5,
+    )
+    torch.manual_seed(seed)
+    return Blip2ForConditionalGeneration(config).eval(), processor
+
+
 def structured_latents(
     batch: int = 1, height: int = 16, width: int = 24, seed: int = 0, image_dir: Optional[str] = None
 ) -> torch.Tensor:
@@ -205,6 +266,43 @@ def _save_tiny_codec(out_dir: str, seed: int) -> None:
     decompressor.save_pretrained(os.path.join(out_dir, "decompressor"))
 
 
+def _save_tiny_roi_models(out_dir: str, seed: int, image_size: int = 64) -> None:
+    classifier, image_processor = tiny_classifier(seed=seed, image_size=image_size)
+    classifier.save_pretrained(os.path.join(out_dir, "classifier"))
+    image_processor.save_pretrained(os.path.join(out_dir, "classifier"))
+    captioner, processor = tiny_blip2(seed=seed)
+    captioner.save_pretrained(os.path.join(out_dir, "captioner"))
+    processor.save_pretrained(os.path.join(out_dir, "captioner"))
+
+
+def save_tiny_dataset(out_dir: str, num_images: int = 16, seed: int = 0, image_size: int = 64, batch_size: int = 8):
+    """A small training dataset (``image``, ``label``, ``roi_mask``, ``caption``) written with ``save_to_disk``.
+
+    Built by :func:`slim_diffusers.dataset_builder.build_dataset` — the machinery of
+    ``training/prepare_dataset.py`` — from toy-world images (:mod:`slim_diffusers.toy_world`), with
+    :func:`tiny_classifier` for the Grad-CAM masks and :func:`tiny_blip2` for the captions. The models are
+    random, so masks and captions carry no meaning; the columns, formats and code path are the real ones.
+    """
+    from . import toy_world
+    from .dataset_builder import BuildConfig, build_dataset, make_annotator, resolve_cam_target
+
+    source = toy_world.as_dataset(num_images, seed=seed, size=image_size).select_columns(["image", "label"])
+    classifier, image_processor = tiny_classifier(seed=seed, image_size=image_size)
+    captioner, processor = tiny_blip2(seed=seed)
+    cam_target = resolve_cam_target("auto", list(toy_world.CLASS_NAMES), classifier)
+    config = BuildConfig(
+        source=f"toy_world(seed={seed}, size={image_size})",
+        num_rows=len(source),
+        seed=seed,
+        classifier=f"tiny_classifier(seed={seed})",
+        captioner=f"tiny_blip2(seed={seed})",
+        cam_target=cam_target,
+    )
+    annotate = make_annotator(classifier, image_processor, captioner, processor, use_labels=cam_target == "label",
+                              max_caption_tokens=config.max_caption_tokens)
+    return build_dataset(source, out_dir, config, annotate, batch_size=batch_size)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slim_diffusers.testing", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,11 +313,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    p.add_argument("--with-roi-captioner", action="store_true", help="include the tiny RoI classifier and captioner")
+    p = sub.add_parser("save-tiny-roi-models",
+                       help="write a tiny classifier/ and captioner/ with save_pretrained (for training/prepare_dataset.py)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", "--image_size", type=int, default=64, help="the classifier's input size")
+    p = sub.add_parser("save-tiny-dataset", help="write a small training dataset (save_to_disk) built with tiny models")
+    p.add_argument("out_dir")
+    p.add_argument("--num_images", "--num-images", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image_size", "--image-size", type=int, default=64)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     if args.command == "save-tiny-codec":
         _save_tiny_codec(args.out_dir, args.seed)
     elif args.command == "save-tiny-pipeline":
-        tiny_pipeline(args.seed, args.prediction_type).save_pretrained(args.out_dir)
+        tiny_pipeline(args.seed, args.prediction_type, with_roi_captioner=args.with_roi_captioner).save_pretrained(args.out_dir)
+    elif args.command == "save-tiny-roi-models":
+        _save_tiny_roi_models(args.out_dir, args.seed, args.image_size)
+    elif args.command == "save-tiny-dataset":
+        if args.num_images < 1:
+            parser.error("--num_images must be ≥ 1")
+        save_tiny_dataset(args.out_dir, args.num_images, args.seed, args.image_size, args.batch_size)
     print(f"wrote {args.out_dir}")
     return 0
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from slim_diffusers import SLIMPipeline
 from slim_diffusers.losses import LossWeights, slim_losses
+from slim_diffusers.roi import roi_mask_to_array
 
 logger = get_logger(__name__)
 HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
@@ -119,9 +120,10 @@ def make_transform(resolution: int, no_roi: bool):
             if no_roi:
                 masks.append(torch.ones(1, resolution, resolution))
             else:
-                mask = mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask, dtype=np.float32))
-                mask = _resize_crop(mask.convert("F"), resolution, Image.BILINEAR)
-                masks.append(torch.from_numpy(np.asarray(mask, dtype=np.float32)).clamp(0, 1)[None])
+                # stored 8-bit "L" PNGs (prepare_dataset.py), "F" images or arrays, all to weights in [0, 1]
+                mask = Image.fromarray(roi_mask_to_array(mask))  # float32 → mode "F"
+                mask = _resize_crop(mask, resolution, Image.BILINEAR)
+                masks.append(torch.from_numpy(np.array(mask, dtype=np.float32)).clamp(0, 1)[None])
         return {"pixels": pixels, "roi_mask": masks, "caption": batch["caption"], "label": batch["label"]}
 
     return transform

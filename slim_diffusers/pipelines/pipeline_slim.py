@@ -13,14 +13,18 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPTokenizer, PreTrainedModel
+from transformers.image_processing_utils import ImageProcessingMixin
+from transformers.processing_utils import ProcessorMixin
 
 from ..bitstream import MAX_SIDE, SLIMBitstream
+from ..captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
 from ..codec import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
 from ..models.compressor import SLIMCompressor
 from ..models.controlnet import SLIMControlNet
 from ..models.decompressor import SLIMDecompressor
+from ..roi import RoIMaskOutput, compute_roi_masks
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
 
@@ -61,10 +65,25 @@ class SLIMPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (ε- or v-prediction).
         compressor ([`SLIMCompressor`]): latent and hyper analysis transforms.
         decompressor ([`SLIMDecompressor`]): entropy model and latent synthesis.
+        roi_classifier ([`PreTrainedModel`], *optional*): sender side, an image classifier with a convolutional
+            backbone (``microsoft/resnet-50`` in the paper) whose Grad-CAM map is the RoI (:mod:`slim_diffusers.roi`).
+        roi_image_processor ([`ImageProcessingMixin`], *optional*): its image processor (input size, mean, std).
+        captioner ([`Blip2ForConditionalGeneration`], *optional*): sender side, BLIP-2, which writes the
+            RoI-focused caption when ``compress()`` is given none (:mod:`slim_diffusers.captioning`).
+        caption_processor ([`Blip2Processor`], *optional*): its processor.
     """
 
-    model_cpu_offload_seq = "compressor->text_encoder->controlnet->unet->vae"
-    _optional_components = ["text_encoder", "tokenizer", "unet", "controlnet"]
+    model_cpu_offload_seq = "roi_classifier->captioner->compressor->text_encoder->controlnet->unet->vae"
+    _optional_components = [
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "controlnet",
+        "roi_classifier",
+        "roi_image_processor",
+        "captioner",
+        "caption_processor",
+    ]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "control_latents"]
 
     def __init__(
@@ -77,6 +96,10 @@ class SLIMPipeline(DiffusionPipeline):
         scheduler: KarrasDiffusionSchedulers,
         compressor: SLIMCompressor,
         decompressor: SLIMDecompressor,
+        roi_classifier: Optional[PreTrainedModel] = None,
+        roi_image_processor: Optional[ImageProcessingMixin] = None,
+        captioner: Optional[Blip2ForConditionalGeneration] = None,
+        caption_processor: Optional[ProcessorMixin] = None,
     ):
         super().__init__()
         self.register_modules(
@@ -88,11 +111,16 @@ class SLIMPipeline(DiffusionPipeline):
             scheduler=scheduler,
             compressor=compressor,
             decompressor=decompressor,
+            roi_classifier=roi_classifier,
+            roi_image_processor=roi_image_processor,
+            captioner=captioner,
+            caption_processor=caption_processor,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         # sizes are kept, not resized: the pipeline pads to the VAE's stride and crops back
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
         self._empty_caption_warned = False
+        self._whole_image_caption_warned = False
 
     # ------------------------------------------------------------------------------------- construction
     @classmethod
@@ -218,22 +246,69 @@ class SLIMPipeline(DiffusionPipeline):
             latents.append(latent)
         return latents
 
+    def roi_masks(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        labels: Optional[Sequence[Optional[int]]] = None,
+        output_type: str = "pt",
+    ) -> RoIMaskOutput:
+        """Grad-CAM RoI masks of ``roi_classifier`` at image size (see :func:`slim_diffusers.roi.compute_roi_masks`).
+
+        ``labels`` are ground-truth classes when the sender knows them; ``None`` explains the top prediction.
+        """
+        self._require("roi_classifier", "roi_image_processor", action="roi_masks()")
+        images = self._to_rgb_list(images)
+        self.check_inputs(images)
+        return compute_roi_masks(self.roi_classifier, self.roi_image_processor, images, labels, output_type=output_type)
+
+    @torch.no_grad()
+    def caption_images(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        roi_masks=None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> CaptionOutput:
+        """RoI-focused captions: ``captioner`` sees each image with its non-RoI pixels suppressed.
+
+        The masks come from ``roi_masks`` or, when that is ``None``, from :meth:`roi_masks` if the RoI
+        classifier is loaded; without one, whole images are captioned.
+        """
+        self._require("captioner", "caption_processor", action="caption_images()")
+        images = self._to_rgb_list(images)
+        self.check_inputs(images)
+        if roi_masks is None and self.roi_classifier is not None and self.roi_image_processor is not None:
+            roi_masks = list(self.roi_masks(images).masks)
+        return generate_captions(self.captioner, self.caption_processor, images, roi_masks, max_new_tokens=max_new_tokens)
+
     @torch.no_grad()
     def compress(
-        self, images: Union[ImageInput, Sequence[ImageInput]], captions: Optional[Union[str, Sequence[str]]] = None
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        captions: Optional[Union[str, Sequence[str]]] = None,
+        max_caption_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     ) -> List[SLIMBitstream]:
         """Compress images into :class:`SLIMBitstream` objects (``.save(path)`` writes a ``.slim`` file).
 
         Args:
             images: PIL images (any mode; grey and RGBA are converted), H×W×C arrays or C×H×W tensors in
                 [0, 1], or lists of them; any size up to 16384² (padded for coding, cropped back on decode).
-            captions: one caption per image (or one for all). ``None`` sends an empty caption.
+            captions: one caption per image (or one for all). ``None`` writes RoI-focused captions with the
+                optional ``roi_classifier`` and ``captioner`` when they are loaded (:meth:`caption_images`),
+                and sends an empty caption (with a warning, once) when no captioner is loaded.
+            max_caption_tokens: bound on the generated captions' length, in tokens.
         """
         self._require("vae", "compressor", "decompressor", action="compress()")
         check_pair(self.compressor, self.decompressor)
         images = self._to_rgb_list(images)
         self.check_inputs(images)
-        if captions is None:
+        if captions is None and self.captioner is not None and self.caption_processor is not None:
+            if self.roi_classifier is None and not self._whole_image_caption_warned:
+                warnings.warn(
+                    "no roi_classifier loaded: captioning whole images, not their regions of interest", stacklevel=2
+                )
+                self._whole_image_caption_warned = True
+            captions = self.caption_images(images, max_new_tokens=max_caption_tokens).captions
+        elif captions is None:
             if not self._empty_caption_warned:
                 warnings.warn(
                     "no caption given and no captioner loaded: sending an empty caption, which weakens decoding",
