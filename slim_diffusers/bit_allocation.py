@@ -35,24 +35,40 @@ def bit_allocation(decompressor: SLIMDecompressor, payload: bytes, latent_shape:
     return y_bits + z_bits
 
 
-def draw_bit_allocation(image, bits: torch.Tensor, path, title: str = "") -> None:
-    """Overlay the bit map (upsampled to the padded image, cropped to the image) on ``image`` and save it."""
+def bits_per_pixel_map(bits: torch.Tensor, stride: int, size: Sequence[int]) -> np.ndarray:
+    """Spread each position's bits evenly over the ``stride × stride`` pixels it covers; crop to ``size``.
+
+    ``stride`` is the pixel size of one position of ``y`` (VAE stride × the compressor's stride, 32 for
+    SD 2.1), not something to infer from the image size: the coded latent is padded, so its grid can cover
+    much more than the image. ``size`` is ``(width, height)`` as PIL gives it. The result is in bits per
+    pixel; over an image that needs no padding it sums to ``bits.sum()``.
+    """
+    width, height = int(size[0]), int(size[1])
+    grid = bits.detach().cpu().double().numpy()
+    if grid.shape[0] * stride < height or grid.shape[1] * stride < width:
+        raise ValueError(
+            f"a {grid.shape[0]}×{grid.shape[1]} bit map at stride {stride} covers {grid.shape[1] * stride}×"
+            f"{grid.shape[0] * stride} pixels, less than the {width}×{height} image; is the stride right?"
+        )
+    return np.kron(grid, np.ones((stride, stride)))[:height, :width] / (stride * stride)
+
+
+def draw_bit_allocation(image, bits: torch.Tensor, path, stride: int, title: str = "") -> np.ndarray:
+    """Overlay the bit map on the decoded ``image`` (paper Fig. 6), save it to ``path``; return the map (bpp)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     width, height = image.size
-    stride_h = -(-height // bits.shape[0])
-    stride_w = -(-width // bits.shape[1])
-    stride = max(stride_h, stride_w)
-    upsampled = np.kron(bits.cpu().numpy(), np.ones((stride, stride)))[:height, :width] / (stride * stride)
+    per_pixel = bits_per_pixel_map(bits, stride, image.size)
     fig, ax = plt.subplots(figsize=(6, 6 * height / width))
     ax.imshow(np.asarray(image))
-    overlay = ax.imshow(upsampled, cmap="inferno", alpha=0.6)
+    overlay = ax.imshow(per_pixel, cmap="inferno", alpha=0.6)
     fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.04, label="bits per pixel")
     ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return per_pixel

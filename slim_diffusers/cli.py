@@ -143,10 +143,159 @@ def _cmd_inspect(args) -> int:
                             generator=torch.Generator().manual_seed(args.seed)).images[0]
     s = pipe.vae_scale_factor
     bits = bit_allocation(pipe.decompressor, bs.payload, (-(-bs.height // s), -(-bs.width // s)))
+    # one position of y covers (VAE stride × compressor stride)² pixels of the padded image
+    stride = s * pipe.decompressor.total_stride // pipe.decompressor.hyper_stride
     total = float(bits.sum())
-    draw_bit_allocation(image, bits, target, title=f"{Path(args.file).name}: {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
+    per_pixel = draw_bit_allocation(image, bits, target, stride=stride,
+                                    title=f"{Path(args.file).name}: {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
     print(f"{args.file}: payload {len(bs.payload)} bytes, entropy model {total / 8:.1f} bytes over "
-          f"{bits.shape[0]}×{bits.shape[1]} positions (max {float(bits.max()):.1f} bits) -> {target}")
+          f"{bits.shape[0]}×{bits.shape[1]} positions of {stride}×{stride} pixels ({per_pixel.sum() / 8:.1f} bytes "
+          f"inside the image, the rest on padding; max {float(bits.max()):.1f} bits) -> {target}")
+    return 0
+
+
+def _load_eval_dataset(name_or_dir: str, split: str):
+    from pathlib import Path
+
+    import datasets
+
+    from .evaluation.errors import EvaluationSetupError
+
+    if Path(name_or_dir).is_dir():
+        ds = datasets.load_from_disk(name_or_dir)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise EvaluationSetupError(f"{name_or_dir} has splits {list(ds)}, not {split!r}; pick one with --split")
+            ds = ds[split]
+        return ds
+    try:
+        return datasets.load_dataset(name_or_dir, split=split)
+    except (OSError, ValueError) as err:
+        raise EvaluationSetupError(f"could not load the dataset {name_or_dir!r} (split {split!r}): {err}") from None
+
+
+def _plugin_codecs(spec: str) -> list:
+    """``--codec package.module:factory``: ``factory()`` returns a codec or a list of codecs."""
+    import importlib
+
+    from .evaluation.errors import EvaluationSetupError
+
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise EvaluationSetupError(f"--codec {spec!r}: expected MODULE:CALLABLE, e.g. my_codecs:make_codec")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise EvaluationSetupError(f"--codec {spec!r}: {err}") from None
+    made = factory()
+    return list(made) if isinstance(made, (list, tuple)) else [made]
+
+
+def _cmd_evaluate(args) -> int:
+    import os
+    import time
+    from datetime import timedelta
+    from pathlib import Path
+
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from .evaluation.baselines import CompressAICodec, PillowCodec
+    from .evaluation.codecs import SLIMCodec, rate_point_labels
+    from .evaluation.errors import EvaluationSetupError
+    from .evaluation.harness import Classifier, Evaluation, Sample, latest_rows
+    from .evaluation.report import write_report
+
+    t0 = time.perf_counter()
+    state = PartialState(
+        # accelerate only starts gloo processes when told to use the CPU; on a machine without CUDA,
+        # several processes (torchrun, `accelerate launch --multi_gpu`) mean exactly that
+        cpu=parse_flag_from_env("ACCELERATE_USE_CPU")
+        or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()),
+        # shards finish at different times: the barrier before the merge must outwait the slowest one
+        timeout=timedelta(hours=args.merge_timeout_hours),
+    )
+    out_dir = Path(args.output_dir)
+
+    ds = _load_eval_dataset(args.dataset, args.split)
+    for column in (args.image_column, args.label_column):
+        if column not in ds.column_names:
+            raise EvaluationSetupError(f"the dataset has no column {column!r} (it has {ds.column_names})")
+    n = len(ds) if args.num_samples is None else min(args.num_samples, len(ds))
+    caption_column = args.caption_column if args.caption_column in ds.column_names else None
+
+    # every codec and classifier is loaded (and may fail) before any image is coded
+    codecs = []
+    if len(set(args.model)) != len(args.model):
+        raise EvaluationSetupError(f"--model lists a model twice: {args.model}")
+    if args.model:
+        from .pipelines.pipeline_slim import SLIMPipeline
+
+        pipelines = {}
+        for label, model in zip(rate_point_labels(args.model), args.model):
+            try:
+                pipe = SLIMPipeline.from_pretrained(model).to(state.device)
+            except OSError as err:
+                raise EvaluationSetupError(f"could not load the SLIM model {model!r}: {err}") from None
+            pipe.set_progress_bar_config(disable=True)
+            pipelines[label] = pipe
+        slim = dict(num_inference_steps=args.steps, strength=args.strength, seed=args.seed)
+        codecs.append(SLIMCodec(pipelines, name="SLIM", **slim))
+        if args.no_diffusion_curve:
+            codecs.append(SLIMCodec(pipelines, name="SLIM w/o diffusion", use_diffusion=False, **slim))
+    codecs += [PillowCodec(fmt, qualities=args.qualities) for fmt in args.baselines]
+    codecs += [CompressAICodec.from_zoo(arch, args.compressai_qualities) for arch in args.compressai]
+    for spec in args.codec:
+        codecs += _plugin_codecs(spec)
+    if not codecs:
+        raise EvaluationSetupError("nothing to evaluate: give --model, --baselines, --compressai or --codec")
+    classifiers = [Classifier.from_pretrained(c, device=state.device) for c in args.classifiers]
+
+    label_feature = ds.features[args.label_column]
+    for clf in classifiers:
+        if getattr(label_feature, "num_classes", clf.num_labels) != clf.num_labels:
+            raise EvaluationSetupError(
+                f"the dataset has {label_feature.num_classes} classes but {clf.name} outputs {clf.num_labels}; "
+                "the classifier must be trained on the dataset's labels"
+            )
+    names = [c.name for c in codecs]
+    anchor = args.anchor or ("JPEG" if "JPEG" in names else names[0])
+    if anchor not in names:
+        raise EvaluationSetupError(f"anchor codec {anchor!r} is not evaluated; choose one of {names}")
+
+    shard = f".rank{state.process_index}" if state.num_processes > 1 else ""
+    evaluation = Evaluation(out_dir, codecs, classifiers, shard=shard, keep_bitstreams=not args.discard_bitstreams)
+    found = len(evaluation.done)
+
+    def sample(i: int) -> Sample:
+        item = ds[i]
+        caption = item[caption_column] if caption_column else None
+        return Sample(index=i, image=item[args.image_column], label=int(item[args.label_column]), caption=caption)
+
+    with state.split_between_processes(list(range(n))) as mine:
+        written = evaluation.run(sample(i) for i in mine)
+    print(f"process {state.process_index}: {written} rows written, {found} found finished -> {evaluation.rows_path}")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+
+    keys = evaluation.keys(range(n))
+    rows = latest_rows(out_dir, keys)
+    clf_names = [c.name for c in classifiers]
+    models = {label: model for label, model in zip(rate_point_labels(args.model), args.model)}
+    report = write_report(out_dir, rows, clf_names, anchor, images=n, seconds=time.perf_counter() - t0,
+                          expected_rows=len(keys), extra={"slim_models": models})
+    print((out_dir / "bd_rate.md").read_text(encoding="utf-8"))
+    print(f"{'codec':<22}{'rate point':<24}{'images':>7}{'bpp':>9}  top-1 / top-5 (%)")
+    for codec, points in report["codecs"].items():
+        for point, e in points.items():
+            accs = ", ".join(f"{Path(c).name} {e['top1'][c]:.1f}/{e['top5'][c]:.1f}" for c in clf_names)
+            print(f"{codec:<22}{point[-23:]:<24}{e['images']:>7}{e['mean_bpp']:>9.4f}  {accs}")
+    if not report["complete"]:
+        print(f"warning: {report['rows']} of {len(keys)} rows present; run the same command again to finish",
+              file=sys.stderr)
+    print(f"summary.json, rate_accuracy.png, bd_rate.md -> {out_dir}")
     return 0
 
 
@@ -218,6 +367,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing PNG files")
     p.set_defaults(func=_cmd_decompress)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="rate–accuracy evaluation of SLIM and baselines on a labelled dataset",
+        description="Compress, decode and classify every image with every codec and rate point, writing the bytes to "
+        "OUT_DIR/bitstreams; rows go to OUT_DIR/rows*.jsonl, results to summary.json, rate_accuracy.png and "
+        "bd_rate.md. Run it again to resume; run it under `accelerate launch` to shard the images.",
+    )
+    p.add_argument("--model", nargs="*", default=[],
+                   help="SLIM pipelines (Hub ids or directories), one rate point each")
+    p.add_argument("--dataset", required=True, help="a Hub dataset name or a directory written by save_to_disk")
+    p.add_argument("--split", default="validation", help="split of the dataset (default: validation)")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--caption-column", default="caption",
+                   help="captions SLIM sends, when the dataset has this column (else, or with `none`, the pipeline's "
+                   "captioner writes them if it has one)")
+    p.add_argument("--classifiers", nargs="+", default=["microsoft/resnet-50", "facebook/convnext-tiny-224"],
+                   help="image classifiers (Hub ids or directories) whose class indices are the dataset's labels")
+    p.add_argument("--num-samples", "--num_samples", type=int, default=None, help="first N images (default: all)")
+    p.add_argument("--baselines", nargs="*", default=["jpeg", "webp"], help="Pillow formats: jpeg webp avif")
+    p.add_argument("--qualities", nargs="+", type=int, default=[2, 5, 10, 20, 40, 70], help="Pillow quality sweep")
+    p.add_argument("--compressai", nargs="*", default=[], help="CompressAI zoo models, e.g. bmshj2018-hyperprior")
+    p.add_argument("--compressai-qualities", nargs="+", type=int, default=[1, 2, 3, 4])
+    p.add_argument("--codec", action="append", default=[], metavar="MODULE:CALLABLE",
+                   help="plug in codecs: CALLABLE() returns a codec or a list of them (repeatable)")
+    p.add_argument("--no-diffusion-curve", action="store_true", help="add SLIM decoded without diffusion (ablation)")
+    p.add_argument("--anchor", default=None, help="codec of the BD-rate table's reference (default: JPEG)")
+    p.add_argument("--steps", type=int, default=20, help="SLIM denoising steps (default: 20)")
+    p.add_argument("--strength", type=float, default=1.0, help="SLIM decoding strength (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of SLIM's sampling noise, the same for every image")
+    p.add_argument("--discard-bitstreams", action="store_true", help="delete each file once measured and decoded")
+    p.add_argument("--merge-timeout-hours", type=float, default=48.0,
+                   help="how long finished processes wait for the others before the merge (default: 48)")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("inspect", help="draw the bit allocation of a .slim file over its decoded image")
     p.add_argument("file", help="a .slim file")

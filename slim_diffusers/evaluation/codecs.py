@@ -1,0 +1,103 @@
+"""The codec interface of the evaluation harness, and SLIM behind it.
+
+Any object with these five members can be evaluated next to SLIM, through the same loop and the same rows::
+
+    class MyCodec:
+        name = "My codec"            # one curve per codec; unique within a run
+        suffix = ".myc"              # file suffix of the bitstreams written under OUT_DIR
+        rate_points = [1, 2, 4]      # one point of the curve each; str(point) names a folder
+
+        def encode(self, image, rate_point, caption=None) -> bytes: ...   # image: RGB PIL image
+        def decode(self, data, rate_point) -> PIL.Image.Image: ...
+
+The bytes returned by ``encode`` are everything the receiver gets: the harness writes them to a file and
+counts bits per pixel from that file's size, so a codec must put its own header (image size, shapes) into
+them. ``caption`` is the dataset's caption of the image when it has one; codecs that send no text ignore
+it. ``decode`` must be deterministic, so that a resumed or sharded run gives the rows of an uninterrupted
+one.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+from PIL import Image
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """What the harness needs from a codec (see the module docstring)."""
+
+    name: str
+    suffix: str
+
+    @property
+    def rate_points(self) -> Sequence[Any]: ...
+
+    def encode(self, image: Image.Image, rate_point: Any, caption: Optional[str] = None) -> bytes: ...
+
+    def decode(self, data: bytes, rate_point: Any) -> Image.Image: ...
+
+
+def folder_name(text: str) -> str:
+    """A file-system-safe folder name for a codec name or rate point ("SLIM w/o diffusion" -> "SLIM_w_o_diffusion")."""
+    name = _SAFE.sub("_", str(text)).strip("._") or "_"
+    return name[:120]
+
+
+def rate_point_labels(models: Sequence[str]) -> List[str]:
+    """Short labels for SLIM models given as paths or Hub ids: the last path component when that is unique.
+
+    The label names the rate point in rows, plots and folders, and is how a resumed run recognises its
+    finished rows, so it must not depend on where the run starts from.
+    """
+    short = [PurePath(str(m).rstrip("/\\")).name or str(m) for m in models]
+    if len(set(short)) == len(short):
+        return short
+    return [str(m).strip("/\\").replace("\\", "/") for m in models]
+
+
+@dataclass
+class SLIMCodec:
+    """SLIM pipelines as one codec: each pipeline (e.g. one trained per rate weight λr) is one rate point.
+
+    Args:
+        pipelines: ``{rate point label: SLIMPipeline}``.
+        use_diffusion: ``False`` decodes ẑ with the VAE alone, the paper's "w/o diffusion" ablation.
+        num_inference_steps, strength, guidance_scale: passed to ``SLIMPipeline.decompress``.
+        seed: seed of the sampling noise. Every image gets a fresh generator with this seed, so its
+            reconstruction does not depend on which images were decoded before it (resume, sharding).
+    """
+
+    pipelines: Mapping[str, Any]
+    name: str = "SLIM"
+    use_diffusion: bool = True
+    num_inference_steps: int = 20
+    strength: float = 1.0
+    guidance_scale: float = 1.0
+    seed: int = 0
+    suffix: str = ".slim"
+
+    @property
+    def rate_points(self) -> List[str]:
+        return list(self.pipelines)
+
+    def encode(self, image: Image.Image, rate_point: str, caption: Optional[str] = None) -> bytes:
+        (bitstream,) = self.pipelines[rate_point].compress(image, captions=caption)
+        return bitstream.to_bytes()
+
+    def decode(self, data: bytes, rate_point: str) -> Image.Image:
+        import torch
+
+        out = self.pipelines[rate_point].decompress(
+            data,
+            num_inference_steps=self.num_inference_steps,
+            strength=self.strength,
+            guidance_scale=self.guidance_scale,
+            use_diffusion=self.use_diffusion,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        return out.images[0]

@@ -1,0 +1,254 @@
+"""Rate–accuracy evaluation: compress, decode and classify every image, writing real bytes.
+
+Every codec (SLIM, SLIM without diffusion, Pillow's JPEG/WebP/AVIF, CompressAI models, any object with the
+interface of :class:`slim_diffusers.evaluation.codecs.Codec`) runs through the same loop::
+
+    for each image, codec and rate point:
+        encode -> bytes -> OUT_DIR/bitstreams/<codec>/<rate point>/<index><suffix>
+        read the file back -> decode -> classify with every classifier -> one JSON line
+
+Bits per pixel come from the size of that file on disk (``8 × bytes / (height × width)``), never from a
+rate estimate. A row holds the bytes, bits per pixel, the label and each classifier's top-5.
+
+An interrupted run resumes from its JSONL: finished rows are skipped, and a line cut short by the
+interruption is dropped and redone. With several processes (``accelerate launch``) the images are split
+between them; each process appends to its own ``rows.rank<i>.jsonl`` (one process: ``rows.jsonl``) and
+knows the finished rows of all of them, so a resumed run may use another number of processes.
+"""
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from PIL import Image
+
+from .codecs import Codec, folder_name
+from .errors import EvaluationSetupError, RowsFileError
+
+ROWS_GLOB = "rows*.jsonl"
+
+
+@dataclass
+class Sample:
+    """One labelled image of the evaluation set; ``index`` is its position in the dataset."""
+
+    index: int
+    image: Image.Image
+    label: int
+    caption: Optional[str] = None
+
+
+class Classifier:
+    """A transformers image classifier with its image processor, as the receiving machine.
+
+    ``from_pretrained`` loads any ``AutoModelForImageClassification`` with its ``AutoImageProcessor``
+    (``microsoft/resnet-50``, ``facebook/convnext-tiny-224``, or a local directory written by
+    ``save_pretrained``). Its class indices must be the dataset's labels (ImageNet order for ImageNet).
+    """
+
+    def __init__(self, name: str, model: Any, processor: Any):
+        self.name, self.model, self.processor = name, model.eval(), processor
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: Any = "cpu") -> "Classifier":
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        try:
+            model = AutoModelForImageClassification.from_pretrained(name_or_path)
+            processor = AutoImageProcessor.from_pretrained(name_or_path)
+        except OSError as err:
+            raise EvaluationSetupError(f"could not load the classifier {name_or_path!r}: {err}") from None
+        return cls(str(name_or_path), model.to(device), processor)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def top5(self, image: Image.Image) -> List[int]:
+        """Class indices of the five highest logits, best first."""
+        import torch
+
+        with torch.no_grad():
+            inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.model.device)
+            logits = self.model(**inputs).logits[0].float()
+        return logits.topk(min(5, logits.numel())).indices.tolist()
+
+
+def _parse_lines(path: Path) -> Iterator[dict]:
+    """Rows of one JSONL file. The last line is skipped when it has no newline (a write cut short, or another
+    process writing it right now); any other bad line is an error, never silently dropped."""
+    with open(path, "rb") as f:
+        data = f.read()
+    complete, _, _ = data.rpartition(b"\n")
+    for number, line in enumerate(complete.split(b"\n") if complete else [], start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RowsFileError(f"{path}, line {number}: not a JSON row ({err}); remove that line and resume") from None
+
+
+def read_rows(paths: Iterable[os.PathLike]) -> List[dict]:
+    """All complete rows of the given JSONL files, in file order (missing files are skipped)."""
+    rows = []
+    for path in paths:
+        if Path(path).is_file():
+            rows.extend(_parse_lines(Path(path)))
+    return rows
+
+
+def row_key(row: dict) -> Tuple[str, str, int]:
+    return row["codec"], str(row["rate_point"]), int(row["index"])
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Truncate ``path`` after its last newline, so that appending starts on a fresh line."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            f.truncate(keep)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Evaluation:
+    """Runs codecs over samples, appending one row per (codec, rate point, image) to a JSONL shard.
+
+    Args:
+        out_dir: where ``rows*.jsonl`` and ``bitstreams/`` go.
+        codecs: objects with the :class:`~slim_diffusers.evaluation.codecs.Codec` interface.
+        classifiers: :class:`Classifier` objects; every decoded image goes through all of them.
+        shard: suffix of this process's rows file (``""`` -> ``rows.jsonl``, ``".rank1"`` -> ``rows.rank1.jsonl``).
+        keep_bitstreams: keep the files (default) or delete each after it was measured and decoded.
+    """
+
+    def __init__(self, out_dir, codecs: Sequence[Any], classifiers: Sequence[Classifier], shard: str = "",
+                 keep_bitstreams: bool = True):
+        self.out_dir = Path(out_dir)
+        self.codecs = list(codecs)
+        self.classifiers = list(classifiers)
+        self.keep_bitstreams = keep_bitstreams
+        self._check_setup()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.rows_path = self.out_dir / f"rows{shard}.jsonl"
+        _drop_cut_line(self.rows_path)
+        # finished rows of every shard: a resumed run may split the images differently
+        names = {c.name for c in self.classifiers}
+        self.done = {row_key(r) for r in read_rows(sorted(self.out_dir.glob(ROWS_GLOB))) if names <= set(r["top5"])}
+
+    def _check_setup(self) -> None:
+        if not self.codecs:
+            raise EvaluationSetupError("nothing to evaluate: give at least one codec")
+        if not self.classifiers:
+            raise EvaluationSetupError("give at least one classifier")
+        for codec in self.codecs:
+            if not isinstance(codec, Codec):
+                raise EvaluationSetupError(
+                    f"{codec!r} lacks the codec interface (name, suffix, rate_points, encode, decode); "
+                    "see slim_diffusers.evaluation.codecs"
+                )
+            labels = [folder_name(p) for p in codec.rate_points]
+            if not labels or len(set(labels)) != len(labels):
+                raise EvaluationSetupError(
+                    f"codec {codec.name!r}: rate points {list(codec.rate_points)} are empty or clash as folder names"
+                )
+        folders = [folder_name(c.name) for c in self.codecs]
+        if len(set(folders)) != len(folders):
+            names = [c.name for c in self.codecs]
+            raise EvaluationSetupError(f"codec names {names} clash as folder names; give every codec its own name")
+        clf_names = [c.name for c in self.classifiers]
+        if len(set(clf_names)) != len(clf_names):
+            raise EvaluationSetupError(f"a classifier is given twice: {clf_names}")
+
+    def bitstream_path(self, codec: Any, rate_point: Any, index: int) -> Path:
+        folder = self.out_dir / "bitstreams" / folder_name(codec.name) / folder_name(rate_point)
+        return folder / f"{index}{codec.suffix}"
+
+    def keys(self, indices: Iterable[int]) -> List[Tuple[str, str, int]]:
+        """Row keys that a complete run over ``indices`` has."""
+        return [(c.name, str(p), int(i)) for i in indices for c in self.codecs for p in c.rate_points]
+
+    def run(self, samples: Iterable[Sample]) -> int:
+        """Evaluate every sample not yet finished; returns the number of rows written by this call."""
+        written = 0
+        with open(self.rows_path, "a", encoding="utf-8") as f:
+            for sample in samples:
+                image = sample.image.convert("RGB")
+                for clf in self.classifiers:
+                    if not 0 <= int(sample.label) < clf.num_labels:
+                        raise EvaluationSetupError(
+                            f"image {sample.index} has label {sample.label}, but {clf.name} outputs {clf.num_labels} "
+                            "classes; use a classifier trained on the dataset's labels"
+                        )
+                for codec in self.codecs:
+                    for point in codec.rate_points:
+                        key = (codec.name, str(point), int(sample.index))
+                        if key in self.done:
+                            continue
+                        row = self._evaluate_one(codec, point, sample, image)
+                        f.write(json.dumps(row) + "\n")
+                        f.flush()  # a killed run keeps every finished row
+                        self.done.add(key)
+                        written += 1
+        return written
+
+    def _evaluate_one(self, codec: Any, point: Any, sample: Sample, image: Image.Image) -> dict:
+        path = self.bitstream_path(codec, point, sample.index)
+        t0 = time.perf_counter()
+        data = codec.encode(image, point, sample.caption)
+        t1 = time.perf_counter()
+        _write_atomically(path, bytes(data))
+        num_bytes = path.stat().st_size  # the rate is what reached the disk
+        t2 = time.perf_counter()
+        decoded = codec.decode(path.read_bytes(), point)
+        t3 = time.perf_counter()
+        if decoded.size != image.size:
+            raise EvaluationSetupError(
+                f"codec {codec.name!r} at {point} decoded image {sample.index} to {decoded.size}, not {image.size}"
+            )
+        top5 = {clf.name: clf.top5(decoded) for clf in self.classifiers}
+        if not self.keep_bitstreams:
+            path.unlink()
+        return {
+            "codec": codec.name,
+            "rate_point": str(point),
+            "index": int(sample.index),
+            "width": image.width,
+            "height": image.height,
+            "file": path.relative_to(self.out_dir).as_posix(),
+            "bytes": num_bytes,
+            "bpp": 8 * num_bytes / (image.width * image.height),
+            "label": int(sample.label),
+            "top5": top5,
+            "encode_seconds": t1 - t0,
+            "decode_seconds": t3 - t2,
+        }
+
+
+def latest_rows(out_dir, keys: Optional[Iterable[Tuple[str, str, int]]] = None) -> List[dict]:
+    """Rows of every shard in ``out_dir``, one per key (the last written wins), restricted to ``keys``."""
+    by_key: Dict[Tuple[str, str, int], dict] = {}
+    for row in read_rows(sorted(Path(out_dir).glob(ROWS_GLOB))):
+        by_key[row_key(row)] = row
+    if keys is None:
+        return list(by_key.values())
+    return [by_key[k] for k in keys if k in by_key]

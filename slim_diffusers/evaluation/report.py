@@ -1,0 +1,173 @@
+"""From rows to results: the summary JSON, rate–accuracy plots (paper Fig. 3) and the BD-rate table (Table 1).
+
+Accuracy is in percent throughout, and it is the quality axis of the Bjøntegaard deltas.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .bd_rate import METHODS, BDRateError, bd_accuracy, bd_rate
+
+METRICS = ("top1", "top5")
+Summary = Dict[str, Dict[str, dict]]  # codec -> rate point -> entry
+
+
+def summarize(rows: Sequence[dict], classifiers: Sequence[str]) -> Summary:
+    """``{codec: {rate point: entry}}`` with, per entry, the images, mean bytes and bits per pixel, top-1 and
+    top-5 accuracy (%) per classifier, and the seconds spent encoding and decoding. Codecs and rate points
+    keep the order of the rows; ``rows`` should hold one row per (codec, rate point, image)."""
+    groups: Dict[Tuple[str, str], List[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["codec"], str(row["rate_point"])), []).append(row)
+    summary: Summary = {}
+    for (codec, point), items in groups.items():
+        entry = {
+            "images": len(items),
+            "mean_bpp": float(np.mean([r["bpp"] for r in items])),
+            "mean_bytes": float(np.mean([r["bytes"] for r in items])),
+            "top1": {},
+            "top5": {},
+            "encode_seconds": float(np.sum([r["encode_seconds"] for r in items])),
+            "decode_seconds": float(np.sum([r["decode_seconds"] for r in items])),
+        }
+        for clf in classifiers:
+            entry["top1"][clf] = 100.0 * float(np.mean([r["top5"][clf][0] == r["label"] for r in items]))
+            entry["top5"][clf] = 100.0 * float(np.mean([r["label"] in r["top5"][clf] for r in items]))
+        summary.setdefault(codec, {})[point] = entry
+    return summary
+
+
+def curve(points: Dict[str, dict], classifier: str, metric: str = "top1") -> Tuple[np.ndarray, np.ndarray]:
+    """(mean bpp, accuracy %) of one codec's rate points, sorted by rate."""
+    pts = sorted((p["mean_bpp"], p[metric][classifier]) for p in points.values())
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+def _short(name: str) -> str:
+    return os.path.basename(str(name).rstrip("/")) or str(name)
+
+
+def plot_rate_accuracy(summary: Summary, classifiers: Sequence[str], path: os.PathLike) -> None:
+    """One panel per classifier (columns) and metric (rows: top-1, top-5), one curve per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(METRICS), len(classifiers), figsize=(5 * len(classifiers), 3.8 * len(METRICS)),
+                             squeeze=False)
+    for col, clf in enumerate(classifiers):
+        for row, metric in enumerate(METRICS):
+            ax = axes[row][col]
+            for codec, points in summary.items():
+                bpp, acc = curve(points, clf, metric)
+                ax.plot(bpp, acc, marker="o", label=codec)
+            ax.set_xlabel("bits per pixel (from the bytes written)")
+            ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
+            ax.set_title(_short(clf))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bd_rates(summary: Summary, classifiers: Sequence[str], anchor: str, metric: str = "top1") -> dict:
+    """``{method: {codec: {classifier: {"bd_rate": %, "bd_accuracy": points}}}}`` against ``anchor``; a value the
+    curves do not allow is ``None``, with the reason under ``"bd_rate_error"`` / ``"bd_accuracy_error"``."""
+    out: dict = {}
+    for method in METHODS:
+        for codec in summary:
+            if codec == anchor:
+                continue
+            for clf in classifiers:
+                a, t = curve(summary[anchor], clf, metric), curve(summary[codec], clf, metric)
+                cell: dict = {}
+                for key, fn in (("bd_rate", bd_rate), ("bd_accuracy", bd_accuracy)):
+                    try:
+                        cell[key] = fn(*a, *t, method=method)
+                    except BDRateError as err:
+                        who = {"anchor": anchor, "test": codec}.get(err.curve)
+                        cell[key], cell[f"{key}_error"] = None, f"{who} curve {err.reason}" if who else err.reason
+                out.setdefault(method, {}).setdefault(codec, {})[clf] = cell
+    return out
+
+
+def bd_rate_table(summary: Summary, classifiers: Sequence[str], anchor: str, metric: str = "top1") -> str:
+    """Markdown: BD-rate (%) and BD-accuracy (points) of every codec against ``anchor``, per classifier, for both
+    interpolations; a cell is "n/a" with a footnote when the curves cannot be compared."""
+    deltas = bd_rates(summary, classifiers, anchor, metric)
+    label = "top-1" if metric == "top1" else "top-5"
+    lines = [
+        f"# BD-rate against {anchor}",
+        "",
+        f"Quality axis: {label} accuracy (%). BD-rate < 0: fewer bits than {anchor} for the same accuracy; "
+        "BD-accuracy > 0: more accuracy (percentage points) at the same rate.",
+    ]
+    notes: Dict[str, int] = {}  # reason -> footnote number: one curve's fault is told once
+    for method in METHODS:
+        if method == "pchip":
+            title = "piecewise cubic (pchip), as the JCT-VC/JVET CTC sheets"
+        else:
+            title = "cubic polynomial (VCEG-M33)"
+        lines += ["", f"## {title}", ""]
+        columns = " | ".join(f"{_short(c)} BD-rate (%) | {_short(c)} BD-acc. (pt)" for c in classifiers)
+        lines += [f"| codec | {columns} |", "| --- |" + " ---: | ---: |" * len(classifiers)]
+        for codec, per_clf in deltas.get(method, {}).items():
+            cells = []
+            for clf in classifiers:
+                cell = per_clf[clf]
+                for key in ("bd_rate", "bd_accuracy"):
+                    if cell[key] is None:
+                        number = notes.setdefault(cell[key + "_error"], len(notes) + 1)
+                        cells.append(f"n/a[^{number}]")
+                    else:
+                        cells.append(f"{cell[key]:+.2f}")
+            lines.append(f"| {codec} | " + " | ".join(cells) + " |")
+    if len(summary) < 2:
+        lines += ["", f"Only {anchor} was evaluated: nothing to compare."]
+    if notes:
+        lines.append("")
+        lines += [f"[^{number}]: {note}" for note, number in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out_dir: os.PathLike,
+    rows: Sequence[dict],
+    classifiers: Sequence[str],
+    anchor: str,
+    images: int,
+    seconds: float,
+    expected_rows: Optional[int] = None,
+    extra: Optional[dict] = None,
+) -> dict:
+    """Write ``summary.json``, ``rate_accuracy.png`` and ``bd_rate.md`` into ``out_dir``; return the summary.
+
+    ``images`` and ``seconds`` describe this call (the images asked for, its wall-clock time); the
+    per-rate-point ``encode_seconds``/``decode_seconds`` add up the rows, whichever call wrote them.
+    ``complete`` is false when fewer than ``expected_rows`` rows exist (an unfinished shard).
+    """
+    out_dir = Path(out_dir)
+    summary = summarize(rows, classifiers)
+    if anchor not in summary:
+        raise ValueError(f"anchor codec {anchor!r} has no rows; evaluated: {list(summary)}")
+    report = {
+        "images": images,
+        "seconds": seconds,
+        "rows": len(rows),
+        "complete": expected_rows is None or len(rows) == expected_rows,
+        "classifiers": list(classifiers),
+        "anchor": anchor,
+        "codecs": summary,
+        "bd": bd_rates(summary, classifiers, anchor),
+        **(extra or {}),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot_rate_accuracy(summary, classifiers, out_dir / "rate_accuracy.png")
+    (out_dir / "bd_rate.md").write_text(bd_rate_table(summary, classifiers, anchor), encoding="utf-8")
+    return report
