@@ -192,15 +192,13 @@ def _plugin_codecs(spec: str) -> list:
 
 
 def _cmd_evaluate(args) -> int:
-    import os
     import time
     from datetime import timedelta
     from pathlib import Path
 
-    import torch
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
+    from .distributed import use_cpu_workers
     from .evaluation.baselines import CompressAICodec, PillowCodec
     from .evaluation.codecs import SLIMCodec, rate_point_labels
     from .evaluation.errors import EvaluationSetupError
@@ -209,10 +207,7 @@ def _cmd_evaluate(args) -> int:
 
     t0 = time.perf_counter()
     state = PartialState(
-        # accelerate only starts gloo processes when told to use the CPU; on a machine without CUDA,
-        # several processes (torchrun, `accelerate launch --multi_gpu`) mean exactly that
-        cpu=parse_flag_from_env("ACCELERATE_USE_CPU")
-        or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()),
+        cpu=use_cpu_workers(),
         # shards finish at different times: the barrier before the merge must outwait the slowest one
         timeout=timedelta(hours=args.merge_timeout_hours),
     )

@@ -74,7 +74,10 @@ def _analyse(compressor: SLIMCompressor, latents: torch.Tensor):
 def run_codec(compressor: SLIMCompressor, decompressor: SLIMDecompressor, latents: torch.Tensor) -> SLIMCodecOutput:
     """Differentiable pass for training (and the eval-mode reconstruction when the modules are in eval)."""
     h, w = latents.shape[-2:]
-    coded = _analyse(compressor, pad_latents(latents, decompressor.total_stride))
+    # in multi-process training both arrive wrapped in DistributedDataParallel: call the wrappers (they
+    # synchronise gradients), read attributes from the modules inside
+    stride = getattr(decompressor, "module", decompressor).total_stride
+    coded = _analyse(compressor, pad_latents(latents, stride))
     out = decompressor(coded.y, coded.z)
     return SLIMCodecOutput(latents=out.latents[..., :h, :w], likelihoods=out.likelihoods)
 

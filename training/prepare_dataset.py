@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import parse_flag_from_env
 
 from slim_diffusers.captioning import DEFAULT_CAPTIONER, DEFAULT_MAX_NEW_TOKENS, caption_bits, load_captioner
+from slim_diffusers.distributed import use_cpu_workers
 from slim_diffusers.dataset_builder import (
     BuildConfig,
     build_dataset,
@@ -174,15 +174,9 @@ def render_dataset_card(dataset, build: BuildConfig, repo_id: str, license: str 
 
 # ------------------------------------------------------------------------------------------------ main
 def partial_state() -> PartialState:
-    """The processes of this run: one without a launcher, one per GPU or CPU worker with one.
-
-    ``PartialState`` joins CPU workers (gloo) only when told it runs on the CPU; ``accelerate launch --cpu``
-    says so through ``ACCELERATE_USE_CPU``, and a multi-process launch on a machine without CUDA
-    (``torchrun --nproc_per_node N``) is taken to mean CPU workers.
-    """
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (multi_process and not torch.cuda.is_available())
-    return PartialState(cpu=cpu)
+    """The processes of this run: one without a launcher, one per GPU or CPU worker with one
+    (:func:`slim_diffusers.distributed.use_cpu_workers` says which)."""
+    return PartialState(cpu=use_cpu_workers())
 
 
 def main(argv=None):

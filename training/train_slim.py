@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from PIL import Image
 
 from slim_diffusers import SLIMPipeline
+from slim_diffusers.distributed import use_cpu_workers
 from slim_diffusers.losses import LossWeights, slim_losses
 from slim_diffusers.roi import roi_mask_to_array
 
@@ -217,6 +217,7 @@ def main(stage: int, argv=None):
     args = parse_args(stage, argv)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
+        cpu=use_cpu_workers(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -369,12 +370,13 @@ def main(stage: int, argv=None):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = components()
-        if args.validation_steps:
+        if args.validation_steps and (global_step % args.validation_steps or not metrics):
             metrics = validate(final, val_ds, accelerator, args, weights, weight_dtype, stage,
                                classifier, preprocess, lpips_model, global_step) or metrics
         save_pipeline(final, output_dir, bool(lora_params))
         write_model_card(args, output_dir, metrics, global_step)
-        (output_dir / "training_state.json").write_text(json.dumps({"global_step": global_step, "metrics": metrics}, indent=2))
+        (output_dir / "training_state.json").write_text(json.dumps(
+            {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics}, indent=2))
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 

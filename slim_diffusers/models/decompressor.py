@@ -16,7 +16,7 @@ hyper codec here gets an identity ``h_a``.
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional

@@ -164,14 +164,20 @@ def test_stage2_with_lora_runs_and_reloads(setup, tmp_path):
 
 
 def test_two_process_launch(setup):
+    # `accelerate launch --cpu` starts one process; two CPU workers come from a multi-process launch on a
+    # machine without CUDA, which the script joins over gloo
     out = setup / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", STAGE1,
-           "--pretrained_model_name_or_path", str(setup / "model"), "--train_data_dir", str(setup / "data"),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           STAGE1, "--pretrained_model_name_or_path", str(setup / "model"), "--train_data_dir", str(setup / "data"),
            "--output_dir", str(out), "--resolution", "64", "--train_batch_size", "2", "--num_validation_images", "2",
            "--report_to", "none", "--max_train_steps", "2", "--validation_steps", "2", "--checkpointing_steps", "2"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "checkpoint-2").is_dir() and (out / "model_index.json").is_file()
-    SLIMPipeline.from_pretrained(out)
+    state = __import__("json").loads((out / "training_state.json").read_text())
+    assert state["num_processes"] == 2 and state["global_step"] == 2
+    # both processes hold a shard of the data loader state and their own RNG state in the checkpoint
+    assert {p.name for p in (out / "checkpoint-2").glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    pipe = SLIMPipeline.from_pretrained(out)
+    assert pipe.decompressor.is_ready_to_code
