@@ -83,8 +83,11 @@ def draw_samples(dataset, num_samples: Optional[int], seed: int):
     return dataset.select(indices.tolist())
 
 
-def standardise_columns(dataset, image_column: Optional[str] = None, label_column: Optional[str] = "label"):
-    """Keep only ``image`` (a ``datasets.Image``) and ``label`` (-1 where the source has no labels)."""
+def standardise_columns(
+    dataset, image_column: Optional[str] = None, label_column: Optional[str] = "label", caption_column: Optional[str] = None
+):
+    """Keep only ``image`` (a ``datasets.Image``) and ``label`` (-1 where the source has no labels), and
+    ``caption`` when the source's captions are to be kept (``caption_column``)."""
     import datasets
 
     columns = dataset.column_names
@@ -95,8 +98,12 @@ def standardise_columns(dataset, image_column: Optional[str] = None, label_colum
         raise ValueError(f"no image column {image_column!r} in the source (columns: {columns}); pass --image_column")
     if label_column is not None and label_column not in columns:
         raise ValueError(f"no label column {label_column!r} in the source (columns: {columns}); pass --label_column")
-    keep = [image_column] + ([label_column] if label_column else [])
+    if caption_column is not None and caption_column not in columns:
+        raise ValueError(f"no caption column {caption_column!r} in the source (columns: {columns})")
+    keep = [image_column] + ([label_column] if label_column else []) + ([caption_column] if caption_column else [])
     dataset = dataset.select_columns(keep)
+    if caption_column and caption_column != "caption":
+        dataset = dataset.rename_column(caption_column, "caption")
     if image_column != "image":
         dataset = dataset.rename_column(image_column, "image")
     if label_column and label_column != "label":
@@ -149,13 +156,19 @@ def make_annotator(
     max_caption_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     caption_prompt: Optional[str] = None,
 ) -> Callable[[dict], dict]:
-    """The batched ``Dataset.map`` function: ``{"image", "label"}`` → ``{"roi_mask", "caption"}``."""
+    """The batched ``Dataset.map`` function: ``{"image", "label"}`` → ``{"roi_mask", "caption"}``.
+
+    Without a ``captioner`` it returns the masks only: the captions are the source's own (its ``caption``
+    column, see :func:`standardise_columns`).
+    """
 
     def annotate(batch: dict) -> dict:
         images = [image.convert("RGB") for image in batch["image"]]
         labels = [int(y) for y in batch["label"]] if use_labels else None
         masks = compute_roi_masks(classifier, image_processor, images, labels, batch_size=len(images)).masks
         masks = list(masks)  # one (1, H, W) mask per image, whatever the sizes
+        if captioner is None:
+            return {"roi_mask": [roi_mask_to_image(m) for m in masks]}
         captions = generate_captions(
             captioner,
             caption_processor,
@@ -241,7 +254,9 @@ def build_dataset(
     pending = [k for k in range(num_chunks) if not _chunk_dir(work_dir, k).is_dir()]
     if len(pending) < num_chunks and state.is_main_process:
         logger.info(f"resuming: {num_chunks - len(pending)} of {num_chunks} chunks already built in {work_dir}")
-    annotation_features = datasets.Features({"roi_mask": datasets.Image(), "caption": datasets.Value("string")})
+    annotation_features = datasets.Features({"roi_mask": datasets.Image()})
+    if "caption" not in source.column_names:  # else the source's captions are kept
+        annotation_features["caption"] = datasets.Value("string")
     fingerprint = datasets.fingerprint.Hasher.hash(config.to_dict())
     with state.split_between_processes(pending) as mine:
         for k in mine:

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     models.add_argument("--classifier_name_or_path", default=DEFAULT_ROI_CLASSIFIER,
                         help="any AutoModelForImageClassification with a convolutional backbone (Grad-CAM)")
     models.add_argument("--captioner_name_or_path", default=DEFAULT_CAPTIONER, help="any Blip2ForConditionalGeneration")
+    models.add_argument("--caption_column", default=None,
+                        help="keep the source's captions from this column instead of running a captioner (for "
+                             "sources that already hold RoI-focused captions)")
     models.add_argument("--captioner_dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: float16 on a GPU, float32 on the CPU (the classifier always runs in float32)")
     models.add_argument("--cam_target", default="auto", choices=["auto", "label", "prediction"],
@@ -114,7 +117,7 @@ def load_source(args):
         ds = datasets.load_dataset(args.dataset_name, args.dataset_config, split=args.split, cache_dir=args.cache_dir,
                                    token=args.hub_token)
         name, label_column = args.dataset_name, args.label_column or None
-    ds = standardise_columns(ds, args.image_column, label_column)
+    ds = standardise_columns(ds, args.image_column, label_column, args.caption_column)
     return draw_samples(ds, args.num_samples, args.seed), name
 
 
@@ -148,6 +151,15 @@ def render_dataset_card(dataset, build: BuildConfig, repo_id: str, license: str 
     else:
         label_note = ""
     cam_target = {"label": "the ground-truth class", "prediction": "the classifier's top prediction"}[build.cam_target]
+    if build.captioner.startswith("column:"):
+        caption_content = "the source's own caption"
+        caption_note = f"kept from the source's `{build.captioner[len('column:'):]}` column; no captioner was run"
+    else:
+        prompt = f', continuing the prompt "{build.caption_prompt}"' if build.caption_prompt else ""
+        caption_content = "BLIP-2 caption of the image with its non-RoI pixels suppressed"
+        caption_note = (f"`{build.captioner}` on the image blended towards its normalisation mean outside the mask "
+                        f"(`x' = M·x + (1 − M)·mean`), greedy decoding, at most {build.max_caption_tokens} new "
+                        f"tokens{prompt}")
     # the Hub's convention: "extended|<dataset>" for data derived from a Hub dataset, "original" for new data
     hub_source = "original" if os.path.isabs(build.source) else f"extended|{build.source}"
     text = (HUB_CARDS / "dataset_card.md").read_text().format(
@@ -163,9 +175,8 @@ def render_dataset_card(dataset, build: BuildConfig, repo_id: str, license: str 
         seed=build.seed,
         classifier=build.classifier,
         cam_target=cam_target,
-        captioner=build.captioner,
-        max_caption_tokens=build.max_caption_tokens,
-        prompt_note=f', continuing the prompt "{build.caption_prompt}"' if build.caption_prompt else "",
+        caption_content=caption_content,
+        caption_note=caption_note,
         repo_id=repo_id,
         **dataset_stats(dataset),
     )
@@ -187,10 +198,13 @@ def main(argv=None):
         source, source_name = load_source(args)
 
     classifier, image_processor = load_roi_classifier(args.classifier_name_or_path, device=state.device)
-    dtype = args.captioner_dtype
-    if dtype == "auto":
-        dtype = "float16" if state.device.type == "cuda" else "float32"
-    captioner, caption_processor = load_captioner(args.captioner_name_or_path, device=state.device, torch_dtype=DTYPES[dtype])
+    captioner = caption_processor = None
+    if args.caption_column is None:
+        dtype = args.captioner_dtype
+        if dtype == "auto":
+            dtype = "float16" if state.device.type == "cuda" else "float32"
+        captioner, caption_processor = load_captioner(args.captioner_name_or_path, device=state.device,
+                                                      torch_dtype=DTYPES[dtype])
 
     cam_target = resolve_cam_target(args.cam_target, label_names(source), classifier)
     if cam_target == "label" and any(y < 0 for y in source["label"]):
@@ -201,7 +215,7 @@ def main(argv=None):
         num_rows=len(source),
         seed=args.seed,
         classifier=args.classifier_name_or_path,
-        captioner=args.captioner_name_or_path,
+        captioner=f"column:{args.caption_column}" if args.caption_column else args.captioner_name_or_path,
         cam_target=cam_target,
         max_caption_tokens=args.max_caption_tokens,
         caption_prompt=args.caption_prompt,

@@ -121,6 +121,29 @@ def test_prepare_dataset_on_an_image_folder_with_a_card(tmp_path, models, image_
     assert metadata == card.data.to_dict()
 
 
+def test_source_captions_are_kept_without_a_captioner(tmp_path, models, prepare):
+    # the toy world's generator captions stand in for BLIP-2 in the toy reproduction
+    source = tmp_path / "toy"
+    toy_world.as_dataset(6, seed=4, size=40).save_to_disk(str(source))
+    out = tmp_path / "slim-train"
+    prepare.main([*map(str, ["--dataset_name", source, "--num_samples", 0, "--caption_column", "caption",
+                             "--classifier_name_or_path", models / "classifier",
+                             "--captioner_name_or_path", tmp_path / "no-such-captioner",  # never loaded
+                             "--output_dir", out, "--batch_size", 3, "--chunk_size", 4])])
+    ds = datasets.load_from_disk(str(out))
+    assert ds.column_names == ["image", "label", "roi_mask", "caption"]
+    assert ds["caption"] == [toy_world.caption_for(i % 10) for i in range(6)]
+    assert all(row["roi_mask"].size == (40, 40) for row in ds)
+
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(out / "README.md")
+    assert "kept from the source's `caption` column" in card.text and "BLIP-2 caption" not in card.text
+    with pytest.raises(ValueError, match="no caption column 'text'"):
+        prepare.main([*map(str, ["--dataset_name", source, "--caption_column", "text", "--classifier_name_or_path",
+                                 models / "classifier", "--output_dir", tmp_path / "other"])])
+
+
 def test_resume_reuses_finished_chunks(tmp_path):
     source = toy_world.as_dataset(7, seed=5, size=32).select_columns(["image", "label"])
     config = BuildConfig(source="toy", num_rows=7, seed=0, classifier="tiny", captioner="tiny", cam_target="label",
