@@ -11,10 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from compressai.ans import RansDecoder
 
-from .codec import _overread_margin
-from .errors import SLIMBitstreamError
+from .codec import payload_decoder
 from .models.decompressor import SLIMDecompressor
 
 
@@ -23,10 +21,7 @@ def bit_allocation(decompressor: SLIMDecompressor, payload: bytes, latent_shape:
     """Bits spent at each position of ``y`` (shape ``(H_y, W_y)``, the padded latent divided by the stride)."""
     h, w = int(latent_shape[-2]), int(latent_shape[-1])
     sizes = decompressor.code_shapes(h, w)
-    if len(payload) < 8 or len(payload) % 4:
-        raise SLIMBitstreamError(f"corrupt payload: {len(payload)} bytes is not a whole rANS stream")
-    decoder = RansDecoder()
-    decoder.set_stream(bytes(payload) + bytes(_overread_margin(payload, decompressor, sizes)))
+    decoder = payload_decoder(decompressor, payload, sizes)
     _, likelihoods = decompressor.code_item(decoder=decoder, sizes=sizes, with_likelihoods=True)
     y_bits = -torch.log2(likelihoods["y"]).sum(dim=1)[0]
     z_bits = -torch.log2(likelihoods["z"]).sum(dim=1, keepdim=True)

@@ -28,7 +28,7 @@ import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Tuple, Type, Union
 
 from .errors import SLIMBitstreamError
 
@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 
-def _write_uvarint(value: int, out: bytearray) -> None:
+def write_uvarint(value: int, out: bytearray) -> None:
+    """Append ``value`` as unsigned LEB128 (7 bits a byte, low bits first)."""
     if value < 0:
         raise ValueError("uvarint fields are unsigned")
     while True:
@@ -60,17 +61,23 @@ def _write_uvarint(value: int, out: bytearray) -> None:
             return
 
 
-def _read_uvarint(data: bytes, pos: int, field: str) -> Tuple[int, int]:
+def read_uvarint(
+    data: bytes, pos: int, field: str, error: Type[ValueError] = SLIMBitstreamError, what: str = ".slim data"
+) -> Tuple[int, int]:
+    """Read an unsigned LEB128 of at most 5 bytes at ``pos``; return ``(value, next position)``.
+
+    Malformed input raises ``error`` with a message naming ``what`` is being read and the ``field``.
+    """
     value = 0
     for i in range(5):
         if pos >= len(data):
-            raise SLIMBitstreamError(f"truncated .slim data: it ends inside the {field} field")
+            raise error(f"truncated {what}: it ends inside the {field} field")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
             return value, pos
-    raise SLIMBitstreamError(f"corrupt .slim data: the {field} field is longer than 5 bytes")
+    raise error(f"corrupt {what}: the {field} field is longer than 5 bytes")
 
 
 def compress_caption(caption: str) -> bytes:
@@ -141,12 +148,12 @@ class SLIMBitstream:
             )
         out = bytearray(MAGIC)
         out.append(self.version)
-        _write_uvarint(self.height, out)
-        _write_uvarint(self.width, out)
+        write_uvarint(self.height, out)
+        write_uvarint(self.width, out)
         out += self.fingerprint
-        _write_uvarint(len(caption), out)
+        write_uvarint(len(caption), out)
         out += caption
-        _write_uvarint(len(self.payload), out)
+        write_uvarint(len(self.payload), out)
         out += self.payload
         out += struct.pack("<I", zlib.crc32(out))
         return bytes(out)
@@ -173,20 +180,20 @@ class SLIMBitstream:
             raise SLIMBitstreamError("corrupt or truncated .slim data: CRC-32 mismatch; fetch the file again")
 
         pos = len(MAGIC) + 1
-        height, pos = _read_uvarint(body, pos, "height")
-        width, pos = _read_uvarint(body, pos, "width")
+        height, pos = read_uvarint(body, pos, "height")
+        width, pos = read_uvarint(body, pos, "width")
         if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
             raise SLIMBitstreamError(f"corrupt .slim data: image size {height}×{width} is out of range")
         if pos + FINGERPRINT_BYTES > len(body):
             raise SLIMBitstreamError("truncated .slim data: it ends inside the model fingerprint")
         fingerprint = body[pos : pos + FINGERPRINT_BYTES]
         pos += FINGERPRINT_BYTES
-        caption_len, pos = _read_uvarint(body, pos, "caption length")
+        caption_len, pos = read_uvarint(body, pos, "caption length")
         if caption_len > MAX_CAPTION_BYTES or pos + caption_len > len(body):
             raise SLIMBitstreamError(f"corrupt .slim data: caption length {caption_len} is out of range")
         caption = decompress_caption(body[pos : pos + caption_len])
         pos += caption_len
-        payload_len, pos = _read_uvarint(body, pos, "payload length")
+        payload_len, pos = read_uvarint(body, pos, "payload length")
         if pos + payload_len != len(body):
             raise SLIMBitstreamError(
                 f"corrupt .slim data: payload length {payload_len} does not match the {len(body) - pos} bytes present"

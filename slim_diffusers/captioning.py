@@ -26,16 +26,8 @@ import torch
 from diffusers.utils import BaseOutput
 
 from .bitstream import MAX_CAPTION_BYTES, compress_caption
-from .roi import (
-    ImageInput,
-    MaskInput,
-    as_image_list,
-    as_mask_list,
-    check_mask_matches_image,
-    dtype_kwargs,
-    image_to_tensor,
-    roi_mask_to_array,
-)
+from .image_utils import ImageInput, as_image_list, to_rgb_tensor
+from .roi import MaskInput, as_mask_list, check_mask_matches_image, dtype_kwargs, roi_mask_to_array
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 DEFAULT_MAX_NEW_TOKENS = 20
@@ -84,7 +76,7 @@ def suppress_non_roi(
     out = []
     for i, (image, mask) in enumerate(zip(images, masks)):
         check_mask_matches_image(mask, image, i)
-        x = image_to_tensor(image, i)
+        x = to_rgb_tensor(image, i)
         m = torch.from_numpy(roi_mask_to_array(mask))[None]
         blended = m * x + (1 - m) * fill
         out.append(_to_pil(blended))
@@ -106,7 +98,7 @@ def prepare_caption_inputs(
     if roi_masks is not None:
         images = suppress_non_roi(images, roi_masks, suppression_colour(processor))
     else:
-        images = [_to_pil(image_to_tensor(im, i)) for i, im in enumerate(images)]  # exact for 8-bit RGB
+        images = [_to_pil(to_rgb_tensor(im, i)) for i, im in enumerate(images)]  # exact for 8-bit RGB
     text = [prompt] * len(images) if prompt else None
     return processor(images=images, text=text, return_tensors="pt")
 

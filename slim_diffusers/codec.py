@@ -92,6 +92,18 @@ def _overread_margin(payload: bytes, decompressor: SLIMDecompressor, sizes) -> i
     return 4 * (symbols + 16) + 16 * len(payload)
 
 
+def payload_decoder(decompressor: SLIMDecompressor, payload: bytes, sizes) -> RansDecoder:
+    """A rANS decoder over ``payload`` (one image's stream), checked for shape and guarded against over-reads."""
+    payload = bytes(payload)
+    if len(payload) < 8 or len(payload) % 4:
+        raise SLIMBitstreamError(
+            f"corrupt payload: {len(payload)} bytes is not a whole rANS stream (a multiple of 4, at least 8)"
+        )
+    decoder = RansDecoder()
+    decoder.set_stream(payload + bytes(_overread_margin(payload, decompressor, sizes)))
+    return decoder
+
+
 def _require_tables(decompressor: SLIMDecompressor) -> None:
     if not decompressor.is_ready_to_code:
         raise RuntimeError("the decompressor has no CDF tables yet: call `decompressor.update()` after training")
@@ -126,14 +138,7 @@ def decompress_latents(decompressor: SLIMDecompressor, payloads: Sequence[bytes]
     sizes = decompressor.code_shapes(h, w)
     y_hats = []
     for payload in payloads:
-        payload = bytes(payload)
-        if len(payload) < 8 or len(payload) % 4:
-            raise SLIMBitstreamError(
-                f"corrupt payload: {len(payload)} bytes is not a whole rANS stream (a multiple of 4, at least 8)"
-            )
-        decoder = RansDecoder()
-        decoder.set_stream(payload + bytes(_overread_margin(payload, decompressor, sizes)))
-        y_hats.append(decompressor.code_item(decoder=decoder, sizes=sizes)[0])
+        y_hats.append(decompressor.code_item(decoder=payload_decoder(decompressor, payload, sizes), sizes=sizes)[0])
     latents = decompressor.synthesize(torch.cat(y_hats, dim=0))
     return latents[..., :h, :w]
 

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 
+from .image_utils import ImageInput, as_image_list, image_size, to_rgb_tensor
+
 DEFAULT_ROI_CLASSIFIER = "microsoft/resnet-50"
 
-ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
 MaskInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
 
 
@@ -62,44 +63,7 @@ class RoIMaskOutput(BaseOutput):
     predicted_labels: List[int]
 
 
-# ------------------------------------------------------------------------------------------ images in
-def image_to_tensor(image: ImageInput, index: int = 0) -> torch.Tensor:
-    """A ``(3, H, W)`` float tensor in [0, 1] from a PIL image (any mode), an H×W×C array or a C×H×W tensor."""
-    if isinstance(image, PIL.Image.Image):
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1)
-    if isinstance(image, np.ndarray):
-        array = image[..., None] if image.ndim == 2 else image
-        if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"image {index}: expected an H×W×C array with C in (1, 3, 4), got shape {image.shape}")
-        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    elif isinstance(image, torch.Tensor):
-        tensor = image[None] if image.ndim == 2 else image
-        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
-            raise ValueError(f"image {index}: expected a C×H×W tensor with C in (1, 3, 4), got shape {tuple(image.shape)}")
-        tensor = tensor.detach().float().cpu()
-    else:
-        raise ValueError(f"image {index}: unsupported type {type(image).__name__}; pass PIL, NumPy or torch images")
-    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
-        raise ValueError(f"image {index}: array and tensor images must hold values in [0, 1]")
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    elif tensor.shape[0] == 4:  # transparent pixels shown over white, as the pipeline does
-        tensor = tensor[:3] * tensor[3:4] + (1 - tensor[3:4])
-    return tensor
-
-
-def as_image_list(images) -> list:
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return list(images)
-    if isinstance(images, (PIL.Image.Image, np.ndarray, torch.Tensor)):
-        return [images]
-    if not isinstance(images, (list, tuple)) or len(images) == 0:
-        raise ValueError("`images` must be an image or a non-empty list of images")
-    return list(images)
-
-
+# ------------------------------------------------------------------------------------------ masks in
 def as_mask_list(masks, num_images: int) -> list:
     """One mask per image from a list, a ``(B, 1, H, W)``/``(B, H, W)`` batch, or a single mask."""
     if isinstance(masks, (list, tuple)):
@@ -113,15 +77,6 @@ def as_mask_list(masks, num_images: int) -> list:
     if len(out) != num_images:
         raise ValueError(f"got {len(out)} RoI masks for {num_images} images")
     return out
-
-
-def image_size(image: ImageInput) -> Tuple[int, int]:
-    """(height, width) of a PIL image, an H×W(×C) array or a (C×)H×W tensor."""
-    if isinstance(image, PIL.Image.Image):
-        return image.height, image.width
-    if isinstance(image, np.ndarray):
-        return tuple(image.shape[:2])
-    return tuple(image.shape[-2:])
 
 
 # ------------------------------------------------------------------------------------- classifier in
@@ -149,20 +104,26 @@ def classifier_input_size(image_processor) -> Tuple[int, int]:
     return 224, 224
 
 
-def classifier_inputs(images: Sequence[torch.Tensor], image_processor) -> torch.Tensor:
-    """Resize whole images to the classifier's input size and normalise them as its processor says.
+def classifier_inputs(images: Union[torch.Tensor, Sequence[torch.Tensor]], image_processor) -> torch.Tensor:
+    """Resize whole images in [0, 1] to the classifier's input size and normalise them as its processor says.
 
-    The image is resized, not centre-cropped as e.g. ResNet-50's processor does for evaluation: every
-    pixel must be seen to get a mask value, and the stage-2 task loss feeds the classifier the same way.
+    ``images`` is a ``(B, 3, H, W)`` batch or a list of ``(3, H, W)`` images of any sizes. The image is
+    resized, not centre-cropped as e.g. ResNet-50's processor does for evaluation: every pixel must be seen
+    to get a mask value, and the stage-2 task loss feeds the classifier the same way (differentiably).
     """
     size = classifier_input_size(image_processor)
-    batch = torch.stack(
-        [F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0] for x in images]
-    )
+
+    def resize(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        batch = resize(images)
+    else:
+        batch = torch.cat([resize(x[None]) for x in images])
     if getattr(image_processor, "do_normalize", True):
         mean = torch.tensor(getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]).view(1, 3, 1, 1)
         std = torch.tensor(getattr(image_processor, "image_std", None) or [0.5, 0.5, 0.5]).view(1, 3, 1, 1)
-        batch = (batch - mean) / std
+        batch = (batch - mean.to(batch)) / std.to(batch)
     return batch
 
 
@@ -266,7 +227,7 @@ def compute_roi_masks(
         raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be ≥ 1")
-    images = [image_to_tensor(im, i) for i, im in enumerate(as_image_list(images))]
+    images = [to_rgb_tensor(im, i) for i, im in enumerate(as_image_list(images))]
     num_labels = getattr(getattr(classifier, "config", None), "num_labels", None)
     if labels is None:
         labels = [-1] * len(images)

@@ -14,11 +14,11 @@ from slim_diffusers.roi import (
     classifier_inputs,
     compute_roi_masks,
     default_target_layer,
-    image_to_tensor,
     resize_to_latent,
     roi_mask_to_array,
     roi_mask_to_image,
 )
+from slim_diffusers.image_utils import to_rgb_tensor
 from slim_diffusers.testing import tiny_classifier
 
 SIZE = 128
@@ -37,7 +37,7 @@ def trained():
     torch.manual_seed(0)
     model, processor = tiny_classifier(num_labels=2, seed=0, image_size=SIZE)
     samples, labels = toy_samples(64, seed=1)
-    x = classifier_inputs([image_to_tensor(s.image) for s in samples], processor)
+    x = classifier_inputs([to_rgb_tensor(s.image) for s in samples], processor)
     y = torch.tensor(labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def test_grad_cam_mask_lies_on_the_object_that_decides_the_class(trained):
     model, processor = trained
     samples, labels = toy_samples(20, seed=2)
     with torch.no_grad():
-        logits = model(pixel_values=classifier_inputs([image_to_tensor(s.image) for s in samples], processor)).logits
+        logits = model(pixel_values=classifier_inputs([to_rgb_tensor(s.image) for s in samples], processor)).logits
     assert (logits.argmax(-1) == torch.tensor(labels)).float().mean() >= 0.9  # the classifier did learn the task
 
     out = compute_roi_masks(model, processor, [s.image for s in samples], labels)

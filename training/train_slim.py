@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -29,7 +28,7 @@ from PIL import Image
 from slim_diffusers import SLIMPipeline
 from slim_diffusers.distributed import use_cpu_workers
 from slim_diffusers.losses import LossWeights, slim_losses
-from slim_diffusers.roi import roi_mask_to_array
+from slim_diffusers.roi import classifier_inputs, roi_mask_to_array
 
 logger = get_logger(__name__)
 HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
@@ -162,24 +161,19 @@ def load_pipeline(path: str) -> SLIMPipeline:
     return SLIMPipeline.from_stable_diffusion(path)
 
 
-def classifier_preprocess_fn(path: str, classifier):
-    """Differentiable resize + normalisation to what the classifier was trained on."""
+def classifier_preprocess_fn(path: str):
+    """Differentiable resize + normalisation to what the classifier was trained on (its image processor)."""
+    from types import SimpleNamespace
+
     from transformers import AutoImageProcessor
 
     try:
         processor = AutoImageProcessor.from_pretrained(path)
-        mean, std = processor.image_mean, processor.image_std
-        size = processor.size.get("shortest_edge") or processor.size.get("height") or 224
     except (OSError, ValueError):
-        mean, std, size = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 224
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-
-    def preprocess(images01: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images01, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - mean_t.to(x)) / std_t.to(x)
-
-    return preprocess
+        logger.warning(f"{path} has no image processor config: feeding the classifier 224² ImageNet-normalised images")
+        processor = SimpleNamespace(size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406],
+                                    image_std=[0.229, 0.224, 0.225])
+    return lambda images01: classifier_inputs(images01, processor)
 
 
 def unwrap(accelerator, model):
@@ -279,7 +273,7 @@ def main(stage: int, argv=None):
 
         classifier = AutoModelForImageClassification.from_pretrained(args.classifier_name_or_path)
         classifier.requires_grad_(False).eval().to(accelerator.device)
-        preprocess = classifier_preprocess_fn(args.classifier_name_or_path, classifier)
+        preprocess = classifier_preprocess_fn(args.classifier_name_or_path)
         lpips_kw = dict(pretrained=False, pnet_rand=True) if args.lpips_random_init else {}
         lpips_model = lpips.LPIPS(net=args.lpips_net, verbose=False, **lpips_kw).to(accelerator.device).eval()
         lpips_model.requires_grad_(False)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from ..bitstream import read_uvarint, write_uvarint
 from .errors import CodecDataError, CodecUnavailableError
 
 
@@ -86,25 +87,8 @@ class PillowCodec:
 
 
 # --------------------------------------------------------------------------------------------- CompressAI
-def _write_uvarint(value: int, out: bytearray) -> None:
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return
-
-
-def _read_uvarint(data: bytes, pos: int) -> Tuple[int, int]:
-    value = 0
-    for shift in range(0, 35, 7):
-        if pos >= len(data):
-            raise CodecDataError("truncated CompressAI bitstream")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-    raise CodecDataError("corrupt CompressAI bitstream: a length field is longer than 5 bytes")
+def _read_uvarint(data: bytes, pos: int, field: str) -> Tuple[int, int]:
+    return read_uvarint(data, pos, field, error=CodecDataError, what="CompressAI bitstream")
 
 
 class CompressAICodec:
@@ -202,11 +186,11 @@ class CompressAICodec:
             out = self.models[rate_point].compress(x)
         header = bytearray()
         for value in (h, w, len(out["shape"]), *out["shape"], len(out["strings"])):
-            _write_uvarint(int(value), header)
+            write_uvarint(int(value), header)
         body = bytearray()
         for strings in out["strings"]:
             (string,) = strings  # one image per call
-            _write_uvarint(len(string), body)
+            write_uvarint(len(string), body)
             body += string
         return bytes(header + body)
 
@@ -215,19 +199,19 @@ class CompressAICodec:
         import torch
 
         data = bytes(data)
-        h, pos = _read_uvarint(data, 0)
-        w, pos = _read_uvarint(data, pos)
-        ndim, pos = _read_uvarint(data, pos)
+        h, pos = _read_uvarint(data, 0, "height")
+        w, pos = _read_uvarint(data, pos, "width")
+        ndim, pos = _read_uvarint(data, pos, "latent dimensions")
         if not (1 <= h <= 1 << 16 and 1 <= w <= 1 << 16 and 1 <= ndim <= 4):
             raise CodecDataError(f"corrupt CompressAI bitstream: image {h}×{w}, latent of {ndim} dimensions")
         shape = []
         for _ in range(ndim):
-            size, pos = _read_uvarint(data, pos)
+            size, pos = _read_uvarint(data, pos, "latent shape")
             shape.append(size)
-        count, pos = _read_uvarint(data, pos)
+        count, pos = _read_uvarint(data, pos, "stream count")
         strings = []
         for _ in range(count):
-            length, pos = _read_uvarint(data, pos)
+            length, pos = _read_uvarint(data, pos, "stream length")
             if pos + length > len(data):
                 raise CodecDataError("truncated CompressAI bitstream: a stream is longer than the bytes present")
             strings.append([data[pos : pos + length]])

@@ -1,5 +1,6 @@
 """SLIMPipeline: compress images to ``.slim`` bitstreams and decode them with the control module + SD UNet."""
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -21,12 +22,11 @@ from ..bitstream import MAX_SIDE, SLIMBitstream
 from ..captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
 from ..codec import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
+from ..image_utils import ImageInput, image_size, to_rgb_list
 from ..models.compressor import SLIMCompressor
 from ..models.controlnet import SLIMControlNet
 from ..models.decompressor import SLIMDecompressor
 from ..roi import RoIMaskOutput, compute_roi_masks
-
-ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
 
 
 @dataclass
@@ -147,9 +147,9 @@ class SLIMPipeline(DiffusionPipeline):
             scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
         controlnet = SLIMControlNet.from_unet(unet, conditioning_channels=unet.config.in_channels)
         shared = {"latent_channels": unet.config.in_channels}
-        comp_keys = set(SLIMCompressor.extract_init_dict(dict(compressor_config))[0]) & set(compressor_config)
-        dec_keys = set(SLIMDecompressor.extract_init_dict(dict(compressor_config))[0]) & set(compressor_config)
-        unknown = set(compressor_config) - comp_keys - dec_keys - {"num_downsamples", "num_upsamples"}
+        comp_keys = set(inspect.signature(SLIMCompressor.__init__).parameters) & set(compressor_config)
+        dec_keys = set(inspect.signature(SLIMDecompressor.__init__).parameters) & set(compressor_config)
+        unknown = set(compressor_config) - comp_keys - dec_keys
         if unknown:
             raise ValueError(f"unknown compressor/decompressor options: {sorted(unknown)}")
         compressor = SLIMCompressor(**{**shared, **{k: compressor_config[k] for k in comp_keys}})
@@ -169,56 +169,9 @@ class SLIMPipeline(DiffusionPipeline):
         )
 
     # --------------------------------------------------------------------------------------------- inputs
-    @staticmethod
-    def _to_rgb_list(images) -> List[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]:
-        """Accept one image or a list; PIL of any mode, HWC/NHWC arrays, CHW/NCHW tensors in [0, 1]."""
-        if isinstance(images, (PIL.Image.Image, np.ndarray, torch.Tensor)):
-            if isinstance(images, np.ndarray) and images.ndim == 4:
-                images = list(images)
-            elif isinstance(images, torch.Tensor) and images.ndim == 4:
-                images = list(images)
-            else:
-                images = [images]
-        if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise ValueError("`images` must be a PIL image, a NumPy array, a torch tensor, or a non-empty list of them")
-        out = []
-        for i, image in enumerate(images):
-            if isinstance(image, PIL.Image.Image):
-                if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                    # transparent pixels are shown over white, as a viewer would
-                    rgba = image.convert("RGBA")
-                    image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-                out.append(image.convert("RGB"))
-                continue
-            if isinstance(image, np.ndarray):
-                array = image
-                if array.ndim == 2:
-                    array = array[..., None]
-                if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-                    raise ValueError(f"image {i}: expected an H×W×C array with C in (1, 3, 4), got shape {image.shape}")
-                if array.dtype == np.uint8:
-                    array = array.astype(np.float32) / 255.0
-                tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
-            elif isinstance(image, torch.Tensor):
-                tensor = image[None] if image.ndim == 2 else image
-                if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
-                    raise ValueError(f"image {i}: expected a C×H×W tensor with C in (1, 3, 4), got shape {tuple(image.shape)}")
-                tensor = tensor.detach().float().cpu()
-            else:
-                raise ValueError(f"image {i}: unsupported type {type(image).__name__}; pass PIL, NumPy or torch images")
-            if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
-                raise ValueError(f"image {i}: array and tensor images must hold values in [0, 1]")
-            if tensor.shape[0] == 1:
-                tensor = tensor.expand(3, -1, -1)
-            elif tensor.shape[0] == 4:
-                alpha = tensor[3:4]
-                tensor = tensor[:3] * alpha + (1 - alpha)
-            out.append(tensor)
-        return out
-
     def check_inputs(self, images: List[Any]) -> None:
         for i, image in enumerate(images):
-            w, h = image.size if isinstance(image, PIL.Image.Image) else (image.shape[-1], image.shape[-2])
+            h, w = image_size(image)
             if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
                 raise ValueError(f"image {i} is {w}×{h}; SLIM codes images from 1×1 up to {MAX_SIDE}×{MAX_SIDE} pixels")
 
@@ -257,7 +210,7 @@ class SLIMPipeline(DiffusionPipeline):
         ``labels`` are ground-truth classes when the sender knows them; ``None`` explains the top prediction.
         """
         self._require("roi_classifier", "roi_image_processor", action="roi_masks()")
-        images = self._to_rgb_list(images)
+        images = to_rgb_list(images)
         self.check_inputs(images)
         return compute_roi_masks(self.roi_classifier, self.roi_image_processor, images, labels, output_type=output_type)
 
@@ -274,7 +227,7 @@ class SLIMPipeline(DiffusionPipeline):
         classifier is loaded; without one, whole images are captioned.
         """
         self._require("captioner", "caption_processor", action="caption_images()")
-        images = self._to_rgb_list(images)
+        images = to_rgb_list(images)
         self.check_inputs(images)
         if roi_masks is None and self.roi_classifier is not None and self.roi_image_processor is not None:
             roi_masks = list(self.roi_masks(images).masks)
@@ -299,7 +252,7 @@ class SLIMPipeline(DiffusionPipeline):
         """
         self._require("vae", "compressor", "decompressor", action="compress()")
         check_pair(self.compressor, self.decompressor)
-        images = self._to_rgb_list(images)
+        images = to_rgb_list(images)
         self.check_inputs(images)
         if captions is None and self.captioner is not None and self.caption_processor is not None:
             if self.roi_classifier is None and not self._whole_image_caption_warned:
@@ -324,7 +277,7 @@ class SLIMPipeline(DiffusionPipeline):
         fingerprint = self.decompressor.fingerprint()
         bitstreams = []
         for image, caption, latent in zip(images, captions, self.encode_images(images)):
-            w, h = image.size if isinstance(image, PIL.Image.Image) else (image.shape[-1], image.shape[-2])
+            h, w = image_size(image)
             latent = latent.to(device=self.compressor.device, dtype=self.compressor.dtype)
             (payload,) = compress_latents(self.compressor, self.decompressor, latent)
             bitstreams.append(SLIMBitstream(height=h, width=w, fingerprint=fingerprint, caption=caption, payload=payload))
