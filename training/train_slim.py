@@ -183,15 +183,29 @@ def unwrap(accelerator, model):
 
 # ----------------------------------------------------------------------------------------------- cards
 def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
-    from huggingface_hub import ModelCard
+    """``README.md`` of the output from ``hub_cards/model_card.md``. The YAML header is written by
+    ``huggingface_hub.ModelCardData``; ``base_model`` and ``datasets`` name Hub ids only (a local path is not
+    valid Hub metadata, so it is named in the text instead)."""
+    from huggingface_hub import ModelCard, ModelCardData
 
     from slim_diffusers.bitstream import FORMAT_VERSION
 
+    base = args.pretrained_model_name_or_path
+    dataset = args.dataset_name or args.train_data_dir
+    data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        base_model=None if Path(base).exists() else base,
+        datasets=None if args.dataset_name is None or Path(args.dataset_name).exists() else [args.dataset_name],
+        tags=["slim-diffusers", "image-compression", "coding-for-machines", "stable-diffusion", "controlnet"],
+        pipeline_tag="image-to-image",
+    )
     template = (HUB_CARDS / "model_card.md").read_text()
     text = template.format(
+        metadata=data.to_yaml(),
         repo_id=args.hub_model_id or output_dir.name,
-        base_model=args.pretrained_model_name_or_path,
-        dataset=args.dataset_name or args.train_data_dir,
+        base_model=base,
+        dataset=dataset,
         stage=args.stage,
         steps=global_step,
         lambdas=", ".join(f"λ{k}={v}" for k, v in LossWeights(

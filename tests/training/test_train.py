@@ -181,3 +181,27 @@ def test_two_process_launch(setup):
     assert {p.name for p in (out / "checkpoint-2").glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     pipe = SLIMPipeline.from_pretrained(out)
     assert pipe.decompressor.is_ready_to_code
+
+
+def test_model_card_names_hub_ids_in_its_metadata_and_local_paths_in_its_text(tmp_path):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from huggingface_hub import ModelCard
+
+    spec = importlib.util.spec_from_file_location("train_slim", REPO / "training" / "train_slim.py")
+    train_slim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_slim)
+    args = SimpleNamespace(pretrained_model_name_or_path="stabilityai/stable-diffusion-2-1-base", dataset_name=None,
+                           train_data_dir=str(tmp_path / "data: local"), hub_model_id="me/slim", stage=1,
+                           lambda_rate=0.5, lambda_guide=1.0, lambda_diffusion=1.0, lambda_roi=1.0, lambda_task=0.1,
+                           no_roi=True, unet_lora_rank=0)
+    (tmp_path / "data: local").mkdir()
+    train_slim.write_model_card(args, tmp_path, {"val/bpp": 0.05}, 100)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == "stabilityai/stable-diffusion-2-1-base" and card.data.datasets is None
+    assert "data: local" in card.text and "w/o RoI" in card.text and "| val/bpp | 0.0500 |" in card.text
+    args.pretrained_model_name_or_path, args.dataset_name = str(tmp_path), "me/slim-train"
+    train_slim.write_model_card(args, tmp_path, {}, 100)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model is None and card.data.datasets == ["me/slim-train"]
