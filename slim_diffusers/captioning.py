@@ -27,7 +27,7 @@ from diffusers.utils import BaseOutput
 
 from .bitstream import MAX_CAPTION_BYTES, compress_caption
 from .image_utils import ImageInput, as_image_list, to_rgb_tensor
-from .roi import MaskInput, as_mask_list, check_mask_matches_image, dtype_kwargs, roi_mask_to_array
+from .roi import MaskInput, as_mask_list, check_mask_matches_image, load_frozen, roi_mask_to_array
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 DEFAULT_MAX_NEW_TOKENS = 20
@@ -162,9 +162,4 @@ def load_captioner(name_or_path: str = DEFAULT_CAPTIONER, device=None, torch_dty
     """``(captioner, processor)``: a ``Blip2ForConditionalGeneration`` (eval mode) and its ``Blip2Processor``."""
     from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
-    captioner = Blip2ForConditionalGeneration.from_pretrained(name_or_path, **dtype_kwargs(torch_dtype), **kwargs)
-    processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
-    captioner.requires_grad_(False).eval()
-    if device is not None:
-        captioner.to(device)
-    return captioner, processor
+    return load_frozen(Blip2ForConditionalGeneration, AutoProcessor, name_or_path, device, torch_dtype, **kwargs)

@@ -351,13 +351,18 @@ def dtype_kwargs(torch_dtype) -> dict:
     return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": torch_dtype}
 
 
+def load_frozen(model_class, processor_class, name_or_path: str, device=None, torch_dtype=None, **kwargs):
+    """``(model, processor)`` from the Hub or a local ``save_pretrained`` directory; the model frozen, in eval mode."""
+    model = model_class.from_pretrained(name_or_path, **dtype_kwargs(torch_dtype), **kwargs)
+    processor = processor_class.from_pretrained(name_or_path, **kwargs)
+    model.requires_grad_(False).eval()
+    if device is not None:
+        model.to(device)
+    return model, processor
+
+
 def load_roi_classifier(name_or_path: str = DEFAULT_ROI_CLASSIFIER, device=None, torch_dtype=None, **kwargs):
-    """``(classifier, image_processor)`` from the Hub or a local ``save_pretrained`` directory, frozen, eval mode."""
+    """``(classifier, image_processor)``: any ``AutoModelForImageClassification`` with its image processor."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    classifier = AutoModelForImageClassification.from_pretrained(name_or_path, **dtype_kwargs(torch_dtype), **kwargs)
-    processor = AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
-    classifier.requires_grad_(False).eval()
-    if device is not None:
-        classifier.to(device)
-    return classifier, processor
+    return load_frozen(AutoModelForImageClassification, AutoImageProcessor, name_or_path, device, torch_dtype, **kwargs)

@@ -59,10 +59,30 @@ def tiny_tokenizer(model_max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
+def tiny_text_encoder(tokenizer, hidden_size: int = 32, intermediate_size: int = 37, seed: int = 0):
+    """A small CLIP text encoder (2 layers, 4 heads) over ``tokenizer``'s vocabulary and length, seeded."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            projection_dim=hidden_size,
+        )
+    )
+
+
 def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
     """Tiny Stable-Diffusion-shaped components: VAE (stride 8, 4 latent channels), UNet, CLIP, DDIM."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(
@@ -90,22 +110,8 @@ def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
         norm_num_groups=4,
         use_linear_projection=True,
     )
-    torch.manual_seed(seed + 2)
     tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=tokenizer.model_max_length,
-            projection_dim=32,
-        )
-    )
+    text_encoder = tiny_text_encoder(tokenizer, seed=seed + 2)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
