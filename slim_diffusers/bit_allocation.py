@@ -6,7 +6,7 @@ channels plus an equal share of the bits of the hyper-latent position above it (
 position covers 4×4 positions of ``y``), so the map sums to the payload size up to the coder's overhead.
 """
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,14 @@ def bit_allocation(decompressor: SLIMDecompressor, payload: bytes, latent_shape:
     share = decompressor.hyper_stride**2
     z_bits = F.interpolate(z_bits, size=y_bits.shape, mode="nearest")[0, 0] / share
     return y_bits + z_bits
+
+
+def bitstream_bit_allocation(pipe, bitstream) -> Tuple[torch.Tensor, int]:
+    """:func:`bit_allocation` of a :class:`~slim_diffusers.SLIMBitstream` with a pipeline's decompressor, and the
+    stride in image pixels of one position of ``y`` (VAE stride × compressor stride)."""
+    s = pipe.vae_scale_factor
+    latent = (-(-bitstream.height // s), -(-bitstream.width // s))
+    return bit_allocation(pipe.decompressor, bitstream.payload, latent), s * pipe.decompressor.y_stride
 
 
 def bits_per_pixel_map(bits: torch.Tensor, stride: int, size: Sequence[int]) -> np.ndarray:

@@ -130,7 +130,7 @@ def _cmd_inspect(args) -> int:
 
     import torch
 
-    from .bit_allocation import bit_allocation, draw_bit_allocation
+    from .bit_allocation import bitstream_bit_allocation, draw_bit_allocation
     from .bitstream import SLIMBitstream
 
     bs = SLIMBitstream.load(args.file)
@@ -141,10 +141,7 @@ def _cmd_inspect(args) -> int:
     pipe.set_progress_bar_config(disable=True)
     image = pipe.decompress(bs, num_inference_steps=args.steps, use_diffusion=not args.no_diffusion,
                             generator=torch.Generator().manual_seed(args.seed)).images[0]
-    s = pipe.vae_scale_factor
-    bits = bit_allocation(pipe.decompressor, bs.payload, (-(-bs.height // s), -(-bs.width // s)))
-    # one position of y covers (VAE stride × compressor stride)² pixels of the padded image
-    stride = s * pipe.decompressor.total_stride // pipe.decompressor.hyper_stride
+    bits, stride = bitstream_bit_allocation(pipe, bs)
     total = float(bits.sum())
     per_pixel = draw_bit_allocation(image, bits, target, stride=stride,
                                     title=f"{Path(args.file).name}: {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
@@ -280,7 +277,7 @@ def _cmd_evaluate(args) -> int:
     clf_names = [c.name for c in classifiers]
     models = {label: model for label, model in zip(rate_point_labels(args.model), args.model)}
     report = write_report(out_dir, rows, clf_names, anchor, images=n, seconds=time.perf_counter() - t0,
-                          expected_rows=len(keys), extra={"slim_models": models})
+                          expected_rows=len(keys), extra={"slim_models": models}, envelope=args.monotone_envelope)
     print((out_dir / "bd_rate.md").read_text(encoding="utf-8"))
     print(f"{'codec':<22}{'rate point':<24}{'images':>7}{'bpp':>9}  top-1 / top-5 (%)")
     for codec, points in report["codecs"].items():
@@ -295,42 +292,65 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    import json
     from pathlib import Path
 
     import torch
     from PIL import Image
 
-    from .testing import tiny_pipeline
+    from .bit_allocation import bitstream_bit_allocation, draw_bit_allocation
+    from .pipelines.pipeline_slim import SLIMPipeline
 
-    assets = Path(__file__).resolve().parent / "assets" / "images"
-    sources = sorted(assets.glob("*.png")) + [Path(p) for p in args.images]
+    assets = Path(__file__).resolve().parent / "assets"
+    bundled = sorted((assets / "images").glob("*.png"))
+    sources = bundled + [Path(p) for p in args.images]
+    model = Path(args.model) if args.model else assets / "toy" / "slim"
+    classifier_dir = Path(args.classifier) if args.classifier else assets / "toy" / "classifier"
+    settings_file = assets / "toy" / "demo.json"
+    decode = json.loads(settings_file.read_text())["decode"] if settings_file.is_file() and not args.model else {}
+    decode = {k: v for k, v in decode.items() if k in ("num_inference_steps", "strength")}
+    if args.steps is not None:
+        decode["num_inference_steps"] = args.steps
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        from .pipelines.pipeline_slim import SLIMPipeline
 
-        pipe, which = SLIMPipeline.from_pretrained(args.model), args.model
-    else:
-        pipe, which = tiny_pipeline(seed=0), "tiny pipeline with random weights (no trained model bundled yet)"
+    pipe = SLIMPipeline.from_pretrained(str(model))
     pipe.set_progress_bar_config(disable=True)
-    print(f"model: {which}")
-    print(f"{'file':<28}{'size':>10}{'bytes':>8}{'bpp':>9}  caption")
-    total, bpps = 0, []
+    classifier = None
+    if classifier_dir.is_dir():
+        from .evaluation.harness import Classifier
+
+        classifier = Classifier.from_pretrained(str(classifier_dir))
+    names = classifier.model.config.id2label if classifier else {}
+    print(f"model: {model}")
+    print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode or 'pipeline defaults'}")
+    print(f"{'file':<22}{'size':>8}{'bytes':>7}{'bpp':>8}  {'true class':<16}{'decoded as':<16}caption")
+    total, bpps, correct, labelled = 0, [], 0, 0
     for source in sources:
         with Image.open(source) as image:
             image.load()
-        # bundled images are named after their content ("red_circle.png" -> "a red circle")
-        caption = args.caption if args.caption is not None else "a " + source.stem.replace("_", " ")
+        # bundled images are named after their class ("red_circle.png" -> "red circle"); the caption names it
+        # too, as the generator's captions do in the toy world (they stand in for BLIP-2)
+        true = source.stem.replace("_", " ") if source in bundled else ""
+        caption = args.caption if args.caption is not None else (f"a {true}" if true else "")
         (bs,) = pipe.compress(image, captions=caption)
         size = bs.save(out_dir / f"{source.stem}.slim")
-        decoded = pipe.decompress(
-            bs, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0)
-        ).images[0]
+        decoded = pipe.decompress(bs, generator=torch.Generator().manual_seed(0), **decode).images[0]
         decoded.save(out_dir / f"{source.stem}.png")
+        bits, stride = bitstream_bit_allocation(pipe, bs)
+        draw_bit_allocation(decoded, bits, out_dir / f"{source.stem}_bits.png", stride=stride,
+                            title=f"{source.name}: {size} bytes, {bs.bits_per_pixel:.3f} bpp")
+        predicted = names.get(classifier.top5(decoded)[0], "?") if classifier else "-"
+        if true and classifier:
+            labelled += 1
+            correct += predicted == true
         total += size
         bpps.append(bs.bits_per_pixel)
-        print(f"{source.name:<28}{f'{image.width}x{image.height}':>10}{size:>8}{bs.bits_per_pixel:>9.4f}  {bs.caption}")
-    print(f"{len(bpps)} images, {total} bytes, mean {sum(bpps) / len(bpps):.4f} bpp; .slim files and decoded PNGs in {out_dir}")
+        shown = f"{image.width}x{image.height}"
+        print(f"{source.name:<22}{shown:>8}{size:>7}{bs.bits_per_pixel:>8.4f}  {true or '-':<16}{predicted:<16}{caption!r}")
+    print(f"{len(bpps)} images, {total} bytes, mean {sum(bpps) / len(bpps):.4f} bpp"
+          + (f"; {correct}/{labelled} bundled images decoded as their class" if labelled else ""))
+    print(f"-> {out_dir}: .slim files, decoded PNGs and bit-allocation maps (*_bits.png)")
     return 0
 
 
@@ -390,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plug in codecs: CALLABLE() returns a codec or a list of them (repeatable)")
     p.add_argument("--no-diffusion-curve", action="store_true", help="add SLIM decoded without diffusion (ablation)")
     p.add_argument("--anchor", default=None, help="codec of the BD-rate table's reference (default: JPEG)")
+    p.add_argument("--monotone-envelope", action="store_true",
+                   help="compare BD deltas on each curve's monotone envelope (drop points that gain no accuracy "
+                   "over a cheaper point); saturated accuracy curves otherwise have no BD-rate")
     p.add_argument("--steps", type=int, default=20, help="SLIM denoising steps (default: 20)")
     p.add_argument("--strength", type=float, default=1.0, help="SLIM decoding strength (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of SLIM's sampling noise, the same for every image")
@@ -410,12 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("demo", help="compress and decode the bundled images (offline)")
-    p.add_argument("images", nargs="*", help="more images to include")
-    p.add_argument("--model", default=None, help="a saved SLIM pipeline (default: the bundled one)")
+    p = sub.add_parser("demo", help="compress, decode and classify the bundled images with the bundled toy model (offline)")
+    p.add_argument("images", nargs="*", help="more images to include (sent without a caption unless --caption)")
+    p.add_argument("--model", default=None, help="a saved SLIM pipeline (default: the bundled toy model)")
+    p.add_argument("--classifier", default=None, help="classifier of the decoded images (default: the bundled toy one)")
     p.add_argument("-o", "--output-dir", default="demo_output")
-    p.add_argument("--caption", default=None, help="caption for every image (default: from the file name)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps (default: 4)")
+    p.add_argument("--caption", default=None, help="caption for every image (default: bundled images' class names)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundled model's setting)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

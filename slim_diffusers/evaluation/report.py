@@ -47,6 +47,22 @@ def curve(points: Dict[str, dict], classifier: str, metric: str = "top1") -> Tup
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
+def monotone_envelope(bpp: np.ndarray, accuracy: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The points that gain accuracy over every cheaper point of the curve.
+
+    Accuracy saturates and is noisy (100 % at two rates, or 99.7 % after 100 %), and BD-rate needs curves
+    that gain quality strictly with rate. A point that buys no accuracy with more bits is not on the
+    codec's rate–accuracy front: a user would pick the cheaper point, so dropping it is what the curve
+    means for that user.
+    """
+    keep, best = [], -np.inf
+    for b, a in sorted(zip(bpp, accuracy)):
+        if a > best:
+            keep.append((b, a))
+            best = a
+    return np.array([k[0] for k in keep]), np.array([k[1] for k in keep])
+
+
 def _short(name: str) -> str:
     return os.path.basename(str(name).rstrip("/")) or str(name)
 
@@ -66,7 +82,8 @@ def plot_rate_accuracy(summary: Summary, classifiers: Sequence[str], path: os.Pa
             for codec, points in summary.items():
                 bpp, acc = curve(points, clf, metric)
                 ax.plot(bpp, acc, marker="o", label=codec)
-            ax.set_xlabel("bits per pixel (from the bytes written)")
+            ax.set_xscale("log")  # the Bjøntegaard deltas' axis; codecs' rates differ by orders of magnitude
+            ax.set_xlabel("bits per pixel (from the bytes written, log scale)")
             ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
             ax.set_title(_short(clf))
             ax.grid(alpha=0.3)
@@ -76,16 +93,23 @@ def plot_rate_accuracy(summary: Summary, classifiers: Sequence[str], path: os.Pa
     plt.close(fig)
 
 
-def bd_rates(summary: Summary, classifiers: Sequence[str], anchor: str, metric: str = "top1") -> dict:
+def bd_rates(summary: Summary, classifiers: Sequence[str], anchor: str, metric: str = "top1",
+             envelope: bool = False) -> dict:
     """``{method: {codec: {classifier: {"bd_rate": %, "bd_accuracy": points}}}}`` against ``anchor``; a value the
-    curves do not allow is ``None``, with the reason under ``"bd_rate_error"`` / ``"bd_accuracy_error"``."""
+    curves do not allow is ``None``, with the reason under ``"bd_rate_error"`` / ``"bd_accuracy_error"``.
+    ``envelope`` compares the curves' :func:`monotone_envelope` instead of every point."""
     out: dict = {}
+
+    def points(codec, clf):
+        c = curve(summary[codec], clf, metric)
+        return monotone_envelope(*c) if envelope else c
+
     for method in METHODS:
         for codec in summary:
             if codec == anchor:
                 continue
             for clf in classifiers:
-                a, t = curve(summary[anchor], clf, metric), curve(summary[codec], clf, metric)
+                a, t = points(anchor, clf), points(codec, clf)
                 cell: dict = {}
                 for key, fn in (("bd_rate", bd_rate), ("bd_accuracy", bd_accuracy)):
                     try:
@@ -97,10 +121,11 @@ def bd_rates(summary: Summary, classifiers: Sequence[str], anchor: str, metric: 
     return out
 
 
-def bd_rate_table(summary: Summary, classifiers: Sequence[str], anchor: str, metric: str = "top1") -> str:
+def bd_rate_table(summary: Summary, classifiers: Sequence[str], anchor: str, metric: str = "top1",
+                  envelope: bool = False) -> str:
     """Markdown: BD-rate (%) and BD-accuracy (points) of every codec against ``anchor``, per classifier, for both
     interpolations; a cell is "n/a" with a footnote when the curves cannot be compared."""
-    deltas = bd_rates(summary, classifiers, anchor, metric)
+    deltas = bd_rates(summary, classifiers, anchor, metric, envelope)
     label = "top-1" if metric == "top1" else "top-5"
     lines = [
         f"# BD-rate against {anchor}",
@@ -108,6 +133,9 @@ def bd_rate_table(summary: Summary, classifiers: Sequence[str], anchor: str, met
         f"Quality axis: {label} accuracy (%). BD-rate < 0: fewer bits than {anchor} for the same accuracy; "
         "BD-accuracy > 0: more accuracy (percentage points) at the same rate.",
     ]
+    if envelope:
+        lines.append("Curves are compared on their monotone envelopes: a point that gains no accuracy over a "
+                     "cheaper point of the same codec is left out.")
     notes: Dict[str, int] = {}  # reason -> footnote number: one curve's fault is told once
     for method in METHODS:
         if method == "pchip":
@@ -145,6 +173,7 @@ def write_report(
     seconds: float,
     expected_rows: Optional[int] = None,
     extra: Optional[dict] = None,
+    envelope: bool = False,
 ) -> dict:
     """Write ``summary.json``, ``rate_accuracy.png`` and ``bd_rate.md`` into ``out_dir``; return the summary.
 
@@ -164,10 +193,11 @@ def write_report(
         "classifiers": list(classifiers),
         "anchor": anchor,
         "codecs": summary,
-        "bd": bd_rates(summary, classifiers, anchor),
+        "bd": bd_rates(summary, classifiers, anchor, envelope=envelope),
+        "bd_on_monotone_envelopes": envelope,
         **(extra or {}),
     }
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_rate_accuracy(summary, classifiers, out_dir / "rate_accuracy.png")
-    (out_dir / "bd_rate.md").write_text(bd_rate_table(summary, classifiers, anchor), encoding="utf-8")
+    (out_dir / "bd_rate.md").write_text(bd_rate_table(summary, classifiers, anchor, envelope=envelope), encoding="utf-8")
     return report

@@ -189,12 +189,16 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         """Latent height and width are padded to a multiple of this before coding."""
         return 2 ** self.config.num_upsamples * self.hyper_stride
 
+    @property
+    def y_stride(self) -> int:
+        """Latent positions per position of ``y`` along each side (the stride of ``g_a`` and ``g_s``)."""
+        return 2**self.config.num_upsamples
+
     def code_shapes(self, height: int, width: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         """Spatial sizes of ``y`` and ``z`` for a latent of ``height × width`` (before padding)."""
         s = self.total_stride
         ph, pw = -(-height // s) * s, -(-width // s) * s
-        ys = 2 ** self.config.num_upsamples
-        return (ph // ys, pw // ys), (ph // s, pw // s)
+        return (ph // self.y_stride, pw // self.y_stride), (ph // s, pw // s)
 
     # --------------------------------------------------------------------------------------- CDF tables
     def entropy_models(self) -> List[EntropyModel]:

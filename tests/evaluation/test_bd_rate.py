@@ -99,3 +99,23 @@ def test_curves_that_cannot_be_compared_get_a_named_error():
         bd_rate([0.0, 0.1], [1.0, 2.0], RATE, ACCURACY)
     with pytest.raises(ValueError, match="method"):
         bd_rate(RATE, ACCURACY, RATE, ACCURACY, method="akima")
+
+
+def test_monotone_envelope_gives_saturated_accuracy_curves_a_bd_rate():
+    from slim_diffusers.evaluation.report import bd_rates, monotone_envelope
+
+    bpp, acc = monotone_envelope(np.array([0.4, 0.1, 0.2, 0.3]), np.array([99.0, 80.0, 99.0, 99.5]))
+    assert bpp.tolist() == [0.1, 0.2, 0.3] and acc.tolist() == [80.0, 99.0, 99.5]
+
+    def entries(points):
+        return {str(i): {"mean_bpp": b, "top1": {"clf": a}} for i, (b, a) in enumerate(points)}
+
+    anchor = [(0.2, 50.0), (0.4, 70.0), (0.8, 90.0), (1.6, 95.0)]
+    # the same curve at half the rate, plus a point that buys nothing with more bits
+    test = [(b / 2, a) for b, a in anchor] + [(1.2, 95.0)]
+    summary = {"anchor": entries(anchor), "test": entries(test)}
+    strict = bd_rates(summary, ["clf"], "anchor")["pchip"]["test"]["clf"]
+    assert strict["bd_rate"] is None and "strictly" in strict["bd_rate_error"]
+    for method in ("pchip", "cubic"):
+        cell = bd_rates(summary, ["clf"], "anchor", envelope=True)[method]["test"]["clf"]
+        assert cell["bd_rate"] == pytest.approx(-50.0, abs=1e-9)
