@@ -1,0 +1,298 @@
+"""Stand-ins for SLIM's frozen foundation models, trained once on the toy world on CPU.
+
+The real system freezes Stable Diffusion 2.1 (VAE, CLIP text encoder, UNet) and an ImageNet ResNet-50.
+None of them can be downloaded here, so this module trains small models of the same library classes on the
+toy world (:mod:`slim_diffusers.toy_world`):
+
+- ``AutoencoderKL`` with 4 latent channels (stride 4: a 64² image gives a 4×16×16 latent), trained for
+  reconstruction with SD's small KL weight; its ``scaling_factor`` is set from the latents' spread, as SD's is;
+- ``CLIPTextModel`` + ``UNet2DConditionModel`` trained together as a text-conditional latent diffusion
+  model (ε-prediction, SD's scaled-linear betas, 10% of captions dropped so the empty caption is known);
+- ``ResNetForImageClassification`` trained on clean toy images (it stands in for ResNet-50: it never sees
+  compressed images).
+
+The LDM is written as a diffusers ``StableDiffusionPipeline`` directory, so SLIM is assembled from it by the
+same ``SLIMPipeline.from_stable_diffusion`` a user calls on Stable Diffusion 2.1.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slim_diffusers import toy_world
+from slim_diffusers.testing import tiny_classifier, tiny_text_encoder, tiny_tokenizer
+
+IMAGE_SIZE = 64
+# disjoint seeds of the toy world: foundation models, SLIM's training set, test images
+FOUNDATION_SEED, SLIM_TRAIN_SEED, TEST_SEED = 1, 2, 3
+
+
+def to_pixels(images) -> torch.Tensor:
+    """PIL images → (B, 3, H, W) in [-1, 1]."""
+    return torch.stack([torch.from_numpy(np.asarray(im, np.float32) / 127.5 - 1).permute(2, 0, 1) for im in images])
+
+
+def _log(name: str, step: int, total: int, t0: float, **values) -> None:
+    text = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+    print(f"[{name}] step {step}/{total} ({time.perf_counter() - t0:.0f}s) {text}", flush=True)
+
+
+def _batch(start: int, size: int, seed: int):
+    return toy_world.samples(size, seed=seed, size=IMAGE_SIZE, start=start)
+
+
+def _done(path: Path) -> bool:
+    return (path / "toy_done.json").is_file()
+
+
+def _mark_done(path: Path, info: dict) -> None:
+    (path / "toy_done.json").write_text(json.dumps(info, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------------- VAE
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+    )
+
+
+def train_vae(out: Path, steps: int = 1000, batch: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6) -> Dict:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    vae = build_vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x = to_pixels([s.image for s in _batch(step * batch, batch, FOUNDATION_SEED)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        loss = rec + kl_weight * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == steps - 1:
+            _log("vae", step, steps, t0, rec=float(rec.detach()))
+    vae.eval()
+    with torch.no_grad():
+        x = to_pixels([s.image for s in toy_world.samples(256, seed=FOUNDATION_SEED + 100, size=IMAGE_SIZE)])
+        latents = vae.encode(x).latent_dist.mode()
+        recon = vae.decode(latents).sample.clamp(-1, 1)
+        psnr = float(10 * torch.log10(4 / F.mse_loss(recon, x)))
+    # as in SD: scale latents to unit variance for the diffusion model
+    scaling = float(1 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    vae.save_pretrained(out)
+    info = {"steps": steps, "psnr_db": psnr, "scaling_factor": scaling, "seconds": time.perf_counter() - t0}
+    _mark_done(out, info)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+def build_classifier(arch: str):
+    """The toy stand-ins for the paper's two classifiers: "resnet" (ResNet-50: Grad-CAM masks, the stage-2
+    task loss and evaluation) and "convnext" (ConvNeXt-T: evaluation only, never seen in training)."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ResNetConfig, ResNetForImageClassification
+
+    _, processor = tiny_classifier(num_labels=len(toy_world.CLASS_NAMES), image_size=IMAGE_SIZE)
+    labels = dict(enumerate(toy_world.CLASS_NAMES))
+    common = dict(num_channels=3, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(0)
+    if arch == "resnet":
+        model = ResNetForImageClassification(ResNetConfig(
+            embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], layer_type="basic", **common))
+    elif arch == "convnext":
+        model = ConvNextForImageClassification(ConvNextConfig(
+            patch_size=4, num_stages=3, hidden_sizes=[32, 64, 128], depths=[1, 1, 2], **common))
+    else:
+        raise ValueError(f"unknown classifier architecture {arch!r}")
+    return model, processor
+
+
+# ConvNeXt (layer scale, LayerNorm) learns the toy world more slowly than the ResNet: 600 steps at 2e-3 leave
+# it at 73% on clean images, 1500 at 4e-3 at 100%
+CLASSIFIER_LR = {"resnet": 2e-3, "convnext": 4e-3}
+
+
+def train_classifier(out: Path, arch: str = "resnet", steps: int = 600, batch: int = 64, lr: float = None) -> Dict:
+    lr = lr or CLASSIFIER_LR[arch]
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor = build_classifier(arch)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    seed = FOUNDATION_SEED + (10 if arch == "resnet" else 30)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        items = _batch(step * batch, batch, seed)
+        x = (to_pixels([s.image for s in items]) + 1) / 2
+        # light augmentation, as any ImageNet classifier gets: flips and brightness/contrast jitter
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = ((x - 0.5) * (0.8 + 0.4 * torch.rand(batch, 1, 1, 1, generator=gen)) + 0.5
+             + 0.1 * (torch.rand(batch, 1, 1, 1, generator=gen) - 0.5)).clamp(0, 1)
+        logits = model(pixel_values=(x - mean) / std).logits
+        loss = F.cross_entropy(logits, torch.tensor([s.label for s in items]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"classifier/{arch}", step, steps, t0, loss=float(loss.detach()))
+    model.eval()
+    accuracy = classify_accuracy(model, processor, toy_world.samples(500, seed=TEST_SEED, size=IMAGE_SIZE))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    info = {"arch": arch, "steps": steps, "clean_test_top1": accuracy, "seconds": time.perf_counter() - t0}
+    _mark_done(out, info)
+    return info
+
+
+@torch.no_grad()
+def classify_accuracy(model, processor, items) -> float:
+    correct = 0
+    for i in range(0, len(items), 100):
+        chunk = items[i : i + 100]
+        inputs = processor(images=[s.image for s in chunk], return_tensors="pt")
+        pred = model(**inputs).logits.argmax(-1)
+        correct += int((pred == torch.tensor([s.label for s in chunk])).sum())
+    return 100.0 * correct / len(items)
+
+
+# ------------------------------------------------------------------------------------------ text + UNet LDM
+def build_text_encoder_and_tokenizer():
+    tokenizer = tiny_tokenizer(model_max_length=24)  # character-level: toy captions need no word pieces
+    return tiny_text_encoder(tokenizer, hidden_size=64, intermediate_size=128, seed=1), tokenizer
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(2)
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        # SD's layout at toy scale; no attention at the full latent resolution, where it costs most on a CPU
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    # Stable Diffusion 2.1-base's noise schedule
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+@torch.no_grad()
+def encode_pool(vae, n: int, seed: int, batch: int = 128):
+    latents, captions = [], []
+    for start in range(0, n, batch):
+        items = toy_world.samples(min(batch, n - start), seed=seed, size=IMAGE_SIZE, start=start)
+        latents.append(vae.encode(to_pixels([s.image for s in items])).latent_dist.mode() * vae.config.scaling_factor)
+        captions += [s.caption for s in items]
+    return torch.cat(latents), captions
+
+
+def train_ldm(out: Path, vae_dir: Path, steps: int = 2500, batch: int = 32, lr: float = 5e-4, pool: int = 8000,
+              caption_dropout: float = 0.1) -> Dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    text_encoder, tokenizer = build_text_encoder_and_tokenizer()
+    unet = build_unet()
+    scheduler = build_scheduler()
+    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+    t0 = time.perf_counter()
+    latents, captions = encode_pool(vae, pool, FOUNDATION_SEED + 20)
+    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    empty_ids, ids = ids[-1], ids[:-1]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(0)
+    unet.train(), text_encoder.train()
+    for step in range(steps):
+        idx = torch.randint(0, pool, (batch,), generator=gen)
+        z = latents[idx]
+        flip = torch.rand(batch, generator=gen) < 0.5  # every class is mirror-symmetric up to its tilt
+        z = torch.where(flip.view(-1, 1, 1, 1), z.flip(-1), z)
+        tok = ids[idx].clone()
+        tok[torch.rand(batch, generator=gen) < caption_dropout] = empty_ids
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        noisy = noise_scheduler.add_noise(z, noise, t)
+        pred = unet(noisy, t, text_encoder(tok)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == steps - 1:
+            _log("ldm", step, steps, t0, loss=float(loss.detach()))
+    unet.eval(), text_encoder.eval()
+    sd = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    sd.save_pretrained(out, safe_serialization=True)
+    info = {"steps": steps, "pool": pool, "final_loss": float(loss), "seconds": time.perf_counter() - t0}
+    _mark_done(out, info)
+    return info
+
+
+@torch.no_grad()
+def text_to_image_accuracy(sd_dir: Path, classifier_dir: Path, per_class: int = 5, steps: int = 20) -> float:
+    """How often the classifier recognises what the toy LDM draws for each class caption (a sanity check)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    sd = StableDiffusionPipeline.from_pretrained(sd_dir, safety_checker=None, feature_extractor=None)
+    sd.set_progress_bar_config(disable=True)
+    model = AutoModelForImageClassification.from_pretrained(classifier_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(classifier_dir)
+    prompts = [toy_world.caption_for(k) for k in range(len(toy_world.CLASS_NAMES)) for _ in range(per_class)]
+    labels = [k for k in range(len(toy_world.CLASS_NAMES)) for _ in range(per_class)]
+    images = sd(prompts, height=IMAGE_SIZE, width=IMAGE_SIZE, num_inference_steps=steps, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(0)).images
+    pred = model(**processor(images=images, return_tensors="pt")).logits.argmax(-1)
+    return 100.0 * float((pred == torch.tensor(labels)).float().mean())
