@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -81,7 +82,21 @@ def test_decoding_with_the_wrong_model_is_refused(model_dir, image_files, tmp_pa
     assert "SLIMModelMismatchError" in capsys.readouterr().err
 
 
-def test_demo_runs_offline(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path), "--steps", "1"]) == 0
+def test_demo_runs_the_bundled_toy_model_offline(tmp_path, capsys):
+    # the README's main command: the trained toy SLIM bundled in the package, its classifier, its images,
+    # and a user's own image of another size and mode
+    extra = tmp_path / "mine.png"
+    PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56), dtype=np.uint8), mode="L").save(extra)
+    out_dir = tmp_path / "demo"
+    assert main(["demo", str(extra), "-o", str(out_dir)]) == 0
     out = capsys.readouterr().out
-    assert "red_circle.png" in out and len(list(tmp_path.glob("*.slim"))) == 4 and len(list(tmp_path.glob("*.png"))) == 4
+    assert "red_circle.png" in out and "mine.png" in out
+    assert len(list(out_dir.glob("*.slim"))) == 11 and len(list(out_dir.glob("*_bits.png"))) == 11
+    assert PIL.Image.open(out_dir / "mine.png").size == (56, 40)
+    for path in out_dir.glob("*.slim"):  # the table's bytes and bpp are the files'
+        bs = SLIMBitstream.load(path)
+        row = next(line for line in out.splitlines() if line.startswith(path.stem + ".png"))
+        assert f" {path.stat().st_size} " in row and f"{bs.bits_per_pixel:.4f}" in row
+    # a trained model: the classifier reads the decoded bundled images as their class (random weights: ~1 in 10)
+    correct, total = map(int, re.search(r"(\d+)/(\d+) bundled images decoded as their class", out).groups())
+    assert total == 10 and correct >= 8

@@ -325,6 +325,7 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
     pipe.save_pretrained(target / "slim", safe_serialization=True)
     shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
     (target / "demo.json").write_text(json.dumps({"lambda_r": cfg.default_rate, "decode": dict(cfg.decode)}, indent=2) + "\n")
+    write_asset_readme(target, cfg)
     images = assets / "images"
     for old in images.glob("*.png"):
         old.unlink()
@@ -334,6 +335,23 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
         row["image"].save(images / f"{toy_world.CLASS_NAMES[label].replace(' ', '_')}.png")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     log(f"bundled default: {target} ({size / 2**20:.1f} MiB) and {len(toy_world.CLASS_NAMES)} images")
+
+
+def write_asset_readme(target: Path, cfg: ToyConfig) -> None:
+    (target / "README.md").write_text(f"""# Bundled toy SLIM model
+
+What `slim demo` (`make demo`) runs offline. Written by `python benchmarks/toy/run_toy.py --export`.
+
+- `slim/`: a `SLIMPipeline` (safetensors) trained in the toy world of `slim_diffusers/toy_world.py`
+  (64×64 images, ten colour × shape classes) at λr = {cfg.default_rate:g}: compressor, decompressor and control
+  module trained by `training/train_stage1.py` and `train_stage2.py`; VAE, UNet and CLIP text encoder are
+  the toy stand-ins for Stable Diffusion 2.1 trained by `benchmarks/toy/foundation.py`.
+- `classifier/`: the toy ResNet (`ResNetForImageClassification`) that gave the RoI masks and the task loss.
+- `demo.json`: the decoding settings of the toy evaluation.
+
+It knows the toy world only. Results and how they were measured: the README's "Toy-scale reproduction on
+CPU" and `benchmarks/toy/results/`.
+""")
 
 
 # ---------------------------------------------------------------------------------------------------- main
