@@ -82,7 +82,7 @@ def test_every_loss_term_falls_on_a_fixed_batch():
         opt.zero_grad()
         (terms["loss"] + pipe.decompressor.aux_loss()).backward()
         opt.step()
-        history.append({k: float(v) for k, v in terms.items()})
+        history.append({k: float(v.detach()) for k, v in terms.items()})
     for key in ("rate_bpp", "guide_loss", "diffusion_loss", "loss"):
         first = np.mean([h[key] for h in history[:4]])
         last = np.mean([h[key] for h in history[-4:]])
