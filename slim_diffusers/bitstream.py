@@ -25,12 +25,12 @@ lengths are checked against the bytes actually present and against the limits ab
 
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Tuple, Type, Union
 
 from .errors import SLIMBitstreamError
+from .file_utils import write_atomically
 
 MAGIC = b"SLIM"
 FORMAT_VERSION = 1
@@ -211,19 +211,7 @@ class SLIMBitstream:
     def save(self, path: Union[str, os.PathLike]) -> int:
         """Write atomically (a half-written file never appears under ``path``); return the bytes written."""
         data = self.to_bytes()
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, data)
         return len(data)
 
     @classmethod

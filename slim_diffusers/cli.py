@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from .file_utils import write_atomically
+
 
 def _cmd_info(args) -> int:
     from .bitstream import SLIMBitstream, compress_caption
@@ -50,21 +52,6 @@ def _output_path(out_dir, source: str, suffix: str, force: bool):
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     return path
-
-
-def _atomic_save_image(image, path) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _print_summary(bpps, total_bytes: int, out_dir) -> None:
@@ -118,7 +105,7 @@ def _cmd_decompress(args) -> int:
             use_diffusion=not args.no_diffusion,
             generator=generator,
         ).images[0]
-        _atomic_save_image(image, target)
+        write_atomically(target, lambda f: image.save(f, format="PNG"))
         total_bytes += bs.num_bytes
         bpps.append(bs.bits_per_pixel)
     _print_summary(bpps, total_bytes, out_dir)

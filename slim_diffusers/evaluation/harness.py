@@ -18,7 +18,6 @@ knows the finished rows of all of them, so a resumed run may use another number 
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from PIL import Image
 
+from ..file_utils import write_atomically
 from .codecs import Codec, folder_name
 from .errors import EvaluationSetupError, RowsFileError
 
@@ -117,19 +117,6 @@ def _drop_cut_line(path: Path) -> None:
             f.truncate(keep)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class Evaluation:
     """Runs codecs over samples, appending one row per (codec, rate point, image) to a JSONL shard.
 
@@ -216,7 +203,8 @@ class Evaluation:
         t0 = time.perf_counter()
         data = codec.encode(image, point, sample.caption)
         t1 = time.perf_counter()
-        _write_atomically(path, bytes(data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, bytes(data))
         num_bytes = path.stat().st_size  # the rate is what reached the disk
         t2 = time.perf_counter()
         decoded = codec.decode(path.read_bytes(), point)
