@@ -167,9 +167,10 @@ def make_annotator(
         labels = [int(y) for y in batch["label"]] if use_labels else None
         masks = compute_roi_masks(classifier, image_processor, images, labels, batch_size=len(images)).masks
         masks = list(masks)  # one (1, H, W) mask per image, whatever the sizes
+        stored = {"roi_mask": [roi_mask_to_image(m) for m in masks]}
         if captioner is None:
-            return {"roi_mask": [roi_mask_to_image(m) for m in masks]}
-        captions = generate_captions(
+            return stored
+        stored["caption"] = generate_captions(
             captioner,
             caption_processor,
             images,
@@ -178,7 +179,7 @@ def make_annotator(
             max_new_tokens=max_caption_tokens,
             batch_size=len(images),
         ).captions
-        return {"roi_mask": [roi_mask_to_image(m) for m in masks], "caption": captions}
+        return stored
 
     return annotate
 

@@ -55,14 +55,13 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: Any = "cpu") -> "Classifier":
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from ..roi import load_roi_classifier
 
         try:
-            model = AutoModelForImageClassification.from_pretrained(name_or_path)
-            processor = AutoImageProcessor.from_pretrained(name_or_path)
+            model, processor = load_roi_classifier(name_or_path, device=device)
         except OSError as err:
             raise EvaluationSetupError(f"could not load the classifier {name_or_path!r}: {err}") from None
-        return cls(str(name_or_path), model.to(device), processor)
+        return cls(str(name_or_path), model, processor)
 
     @property
     def num_labels(self) -> int:
