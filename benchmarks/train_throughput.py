@@ -7,7 +7,7 @@ Full size (GPU): the SD 2.1-base architecture from ``benchmarks/pipeline_cost.py
     python benchmarks/train_throughput.py                 # tiny, CPU
     python benchmarks/train_throughput.py --full --device cuda
 
-Each step is the real objective from ``slim_diffusers.losses`` (stage 2 with a frozen ResNet classifier
+Each step is the real objective from ``slim_diffusers.training.losses`` (stage 2 with a frozen ResNet classifier
 and LPIPS built in code, random weights) + backward + AdamW on the trainable modules.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from slim_diffusers.losses import LossWeights, slim_losses
+from slim_diffusers.training.losses import LossWeights, slim_losses
 from slim_diffusers.testing import tiny_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -19,7 +19,7 @@ _LAZY = {
     "SLIMControlNet": "slim_diffusers.models.controlnet",
     "SLIMPipeline": "slim_diffusers.pipelines.pipeline_slim",
     "SLIMPipelineOutput": "slim_diffusers.pipelines.pipeline_slim",
-    "SLIMBitstream": "slim_diffusers.bitstream",
+    "SLIMBitstream": "slim_diffusers.coding.bitstream",
     "SLIMBitstreamError": "slim_diffusers.errors",
     "SLIMModelMismatchError": "slim_diffusers.errors",
     # base classes diffusers' loader resolves on the component's package
@@ -44,7 +44,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bitstream import SLIMBitstream
+    from .coding.bitstream import SLIMBitstream
     from .errors import SLIMBitstreamError, SLIMModelMismatchError
     from .models.compressor import SLIMCompressor, SLIMCompressorOutput
     from .models.controlnet import SLIMControlNet

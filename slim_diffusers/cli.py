@@ -5,11 +5,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .file_utils import write_atomically
+from .utils.file_utils import write_atomically
 
 
 def _cmd_info(args) -> int:
-    from .bitstream import SLIMBitstream, compress_caption
+    from .coding.bitstream import SLIMBitstream, compress_caption
     from .errors import SLIMBitstreamError
 
     status = 0
@@ -87,7 +87,7 @@ def _cmd_decompress(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .bitstream import SLIMBitstream
+    from .coding.bitstream import SLIMBitstream
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,8 @@ def _cmd_inspect(args) -> int:
 
     import torch
 
-    from .bit_allocation import bitstream_bit_allocation, draw_bit_allocation
-    from .bitstream import SLIMBitstream
+    from .coding.bit_allocation import bitstream_bit_allocation, draw_bit_allocation
+    from .coding.bitstream import SLIMBitstream
 
     bs = SLIMBitstream.load(args.file)
     target = Path(args.output)
@@ -182,7 +182,7 @@ def _cmd_evaluate(args) -> int:
 
     from accelerate import PartialState
 
-    from .distributed import use_cpu_workers
+    from .utils.distributed import use_cpu_workers
     from .evaluation.baselines import CompressAICodec, PillowCodec
     from .evaluation.codecs import SLIMCodec, rate_point_labels
     from .evaluation.errors import EvaluationSetupError
@@ -285,7 +285,7 @@ def _cmd_demo(args) -> int:
     import torch
     from PIL import Image
 
-    from .bit_allocation import bitstream_bit_allocation, draw_bit_allocation
+    from .coding.bit_allocation import bitstream_bit_allocation, draw_bit_allocation
     from .pipelines.pipeline_slim import SLIMPipeline
 
     assets = Path(__file__).resolve().parent / "assets"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from slim_diffusers import SLIMCompressor, SLIMDecompressor, SLIMModelMismatchError
-from slim_diffusers.codec import compress_latents, decompress_latents, estimate_bits, run_codec
+from slim_diffusers.coding.latents import compress_latents, decompress_latents, estimate_bits, run_codec
 from slim_diffusers.testing import TINY_CODEC_CONFIG, structured_latents, tiny_codec
 
 from ._codec_training import fit_tiny_codec

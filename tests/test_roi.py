@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from slim_diffusers import toy_world
-from slim_diffusers.losses import resize_mask
-from slim_diffusers.roi import (
+from slim_diffusers.training.losses import resize_mask
+from slim_diffusers.semantics.roi import (
     RoIMaskSizeError,
     RoITargetLayerError,
     check_mask_matches_image,
@@ -18,7 +18,7 @@ from slim_diffusers.roi import (
     roi_mask_to_array,
     roi_mask_to_image,
 )
-from slim_diffusers.image_utils import to_rgb_tensor
+from slim_diffusers.utils.image_utils import to_rgb_tensor
 from slim_diffusers.testing import tiny_classifier
 
 SIZE = 128

@@ -32,9 +32,9 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from slim_diffusers.captioning import DEFAULT_CAPTIONER, DEFAULT_MAX_NEW_TOKENS, caption_bits, load_captioner
-from slim_diffusers.distributed import use_cpu_workers
-from slim_diffusers.dataset_builder import (
+from slim_diffusers.semantics.captioning import DEFAULT_CAPTIONER, DEFAULT_MAX_NEW_TOKENS, caption_bits, load_captioner
+from slim_diffusers.utils.distributed import use_cpu_workers
+from slim_diffusers.training.dataset_builder import (
     BuildConfig,
     build_dataset,
     draw_samples,
@@ -43,7 +43,7 @@ from slim_diffusers.dataset_builder import (
     resolve_cam_target,
     standardise_columns,
 )
-from slim_diffusers.roi import DEFAULT_ROI_CLASSIFIER, load_roi_classifier, roi_mask_to_array
+from slim_diffusers.semantics.roi import DEFAULT_ROI_CLASSIFIER, load_roi_classifier, roi_mask_to_array
 
 logger = get_logger(__name__)
 HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
@@ -186,7 +186,7 @@ def render_dataset_card(dataset, build: BuildConfig, repo_id: str, license: str 
 # ------------------------------------------------------------------------------------------------ main
 def partial_state() -> PartialState:
     """The processes of this run: one without a launcher, one per GPU or CPU worker with one
-    (:func:`slim_diffusers.distributed.use_cpu_workers` says which)."""
+    (:func:`slim_diffusers.utils.distributed.use_cpu_workers` says which)."""
     return PartialState(cpu=use_cpu_workers())
 
 

@@ -233,10 +233,10 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, timings: dict) -> d
 def bits_inside_outside(pipe, test, limit: int) -> dict:
     """Claim 1: mean bits per coded latent position inside the true object mask ÷ outside it.
 
-    The bits are the entropy model's, read back from each payload (``slim_diffusers.bit_allocation``); a
+    The bits are the entropy model's, read back from each payload (``slim_diffusers.coding.bit_allocation``); a
     position is inside when the object covers at least half of the pixels it stands for.
     """
-    from slim_diffusers.bit_allocation import bitstream_bit_allocation
+    from slim_diffusers.coding.bit_allocation import bitstream_bit_allocation
 
     inside, outside, ratios = [], [], []
     for i in range(min(limit, len(test))):

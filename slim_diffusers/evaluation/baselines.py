@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from ..bitstream import read_uvarint, write_uvarint
+from ..coding.bitstream import read_uvarint, write_uvarint
 from .errors import CodecDataError, CodecUnavailableError
 
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from PIL import Image
 
-from ..file_utils import write_atomically
+from ..utils.file_utils import write_atomically
 from .codecs import Codec, folder_name
 from .errors import EvaluationSetupError, RowsFileError
 
@@ -55,7 +55,7 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: Any = "cpu") -> "Classifier":
-        from ..roi import load_roi_classifier
+        from ..semantics.roi import load_roi_classifier
 
         try:
             model, processor = load_roi_classifier(name_or_path, device=device)

@@ -18,15 +18,15 @@ from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPToken
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..bitstream import MAX_SIDE, SLIMBitstream
-from ..captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
-from ..codec import check_pair, compress_latents, decompress_latents
+from ..coding.bitstream import MAX_SIDE, SLIMBitstream
+from ..semantics.captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
+from ..coding.latents import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
-from ..image_utils import ImageInput, image_size, to_rgb_list
+from ..utils.image_utils import ImageInput, image_size, to_rgb_list
 from ..models.compressor import SLIMCompressor
 from ..models.controlnet import SLIMControlNet
 from ..models.decompressor import SLIMDecompressor
-from ..roi import RoIMaskOutput, compute_roi_masks
+from ..semantics.roi import RoIMaskOutput, compute_roi_masks
 
 
 @dataclass
@@ -66,10 +66,10 @@ class SLIMPipeline(DiffusionPipeline):
         compressor ([`SLIMCompressor`]): latent and hyper analysis transforms.
         decompressor ([`SLIMDecompressor`]): entropy model and latent synthesis.
         roi_classifier ([`PreTrainedModel`], *optional*): sender side, an image classifier with a convolutional
-            backbone (``microsoft/resnet-50`` in the paper) whose Grad-CAM map is the RoI (:mod:`slim_diffusers.roi`).
+            backbone (``microsoft/resnet-50`` in the paper) whose Grad-CAM map is the RoI (:mod:`slim_diffusers.semantics.roi`).
         roi_image_processor ([`ImageProcessingMixin`], *optional*): its image processor (input size, mean, std).
         captioner ([`Blip2ForConditionalGeneration`], *optional*): sender side, BLIP-2, which writes the
-            RoI-focused caption when ``compress()`` is given none (:mod:`slim_diffusers.captioning`).
+            RoI-focused caption when ``compress()`` is given none (:mod:`slim_diffusers.semantics.captioning`).
         caption_processor ([`Blip2Processor`], *optional*): its processor.
     """
 
@@ -205,7 +205,7 @@ class SLIMPipeline(DiffusionPipeline):
         labels: Optional[Sequence[Optional[int]]] = None,
         output_type: str = "pt",
     ) -> RoIMaskOutput:
-        """Grad-CAM RoI masks of ``roi_classifier`` at image size (see :func:`slim_diffusers.roi.compute_roi_masks`).
+        """Grad-CAM RoI masks of ``roi_classifier`` at image size (see :func:`slim_diffusers.semantics.roi.compute_roi_masks`).
 
         ``labels`` are ground-truth classes when the sender knows them; ``None`` explains the top prediction.
         """

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from slim_diffusers import SLIMPipeline, toy_world
-from slim_diffusers.captioning import generate_captions
-from slim_diffusers.roi import compute_roi_masks
+from slim_diffusers.semantics.captioning import generate_captions
+from slim_diffusers.semantics.roi import compute_roi_masks
 from slim_diffusers.testing import tiny_pipeline
 
 ROI_COMPONENTS = ("roi_classifier", "roi_image_processor", "captioner", "caption_processor")

@@ -12,15 +12,15 @@ import yaml
 
 from slim_diffusers import testing as factory
 from slim_diffusers import toy_world
-from slim_diffusers.captioning import generate_captions
-from slim_diffusers.dataset_builder import (
+from slim_diffusers.semantics.captioning import generate_captions
+from slim_diffusers.training.dataset_builder import (
     BuildConfig,
     BuildConfigMismatchError,
     build_dataset,
     make_annotator,
     resolve_cam_target,
 )
-from slim_diffusers.roi import compute_roi_masks, roi_mask_to_array
+from slim_diffusers.semantics.roi import compute_roi_masks, roi_mask_to_array
 from slim_diffusers.testing import tiny_blip2, tiny_classifier
 
 REPO = Path(__file__).resolve().parents[2]

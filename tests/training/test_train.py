@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from slim_diffusers import SLIMPipeline
-from slim_diffusers.losses import LossWeights, slim_losses
+from slim_diffusers.training.losses import LossWeights, slim_losses
 from slim_diffusers.testing import tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ ground-truth class when it is known, else for the classifier's top prediction.
 
 A mask is a soft weight in [0, 1] per image pixel, at the image's own size: the guide loss weighs latent
 errors by it (:func:`resize_to_latent` gives it at latent size), the RoI loss weighs pixel errors by it,
-and the captioner sees the image with the pixels outside it suppressed (:mod:`slim_diffusers.captioning`).
+and the captioner sees the image with the pixels outside it suppressed (:mod:`slim_diffusers.semantics.captioning`).
 
 Grad-CAM here is a few lines of torch rather than the ``grad-cam`` package: that package only installs
 next to ``numpy<2`` by back-tracking to an old OpenCV build, pulls OpenCV, scikit-learn and ttach, and does
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 
-from .image_utils import ImageInput, as_image_list, image_size, to_rgb_tensor
+from ..utils.image_utils import ImageInput, as_image_list, image_size, to_rgb_tensor
 
 DEFAULT_ROI_CLASSIFIER = "microsoft/resnet-50"
 

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .codec import run_codec
+from ..coding.latents import run_codec
 
 
 @dataclass

@@ -13,7 +13,7 @@ Byte layout (format version 1; integers little-endian, ``uvarint`` = unsigned LE
             n         caption: UTF-8 text compressed with zlib's raw DEFLATE (``wbits=-15``: no zlib
                       header or Adler-32, the file has its own CRC); decompressed at most 1024 bytes
             uvarint   payload length in bytes
-            n         payload: one rANS stream of the latent (:mod:`slim_diffusers.codec`)
+            n         payload: one rANS stream of the latent (:mod:`slim_diffusers.coding.latents`)
             4         CRC-32 (``zlib.crc32``) of every byte before it
 
 An empty caption costs one byte (its zero length). The header adds 15–17 bytes to the payload and
@@ -29,8 +29,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Tuple, Type, Union
 
-from .errors import SLIMBitstreamError
-from .file_utils import write_atomically
+from ..errors import SLIMBitstreamError
+from ..utils.file_utils import write_atomically
 
 MAGIC = b"SLIM"
 FORMAT_VERSION = 1

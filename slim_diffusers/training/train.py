@@ -7,7 +7,7 @@ Run one of the stage scripts, which call :func:`main` with their stage:
 
 Only the compressor, the decompressor and the control module learn (plus optional UNet LoRA adapters);
 the VAE, UNet, text encoder and classifier stay frozen. The loss terms come from
-:mod:`slim_diffusers.losses`. Checkpoints (``checkpoint-N``) are Accelerate states; the output directory is
+:mod:`slim_diffusers.training.losses`. Checkpoints (``checkpoint-N``) are Accelerate states; the output directory is
 a pipeline that ``SLIMPipeline.from_pretrained`` loads (safetensors).
 """
 
@@ -26,9 +26,9 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from PIL import Image
 
 from slim_diffusers import SLIMPipeline
-from slim_diffusers.distributed import use_cpu_workers
-from slim_diffusers.losses import LossWeights, slim_losses
-from slim_diffusers.roi import classifier_inputs, roi_mask_to_array
+from slim_diffusers.utils.distributed import use_cpu_workers
+from slim_diffusers.training.losses import LossWeights, slim_losses
+from slim_diffusers.semantics.roi import classifier_inputs, roi_mask_to_array
 
 logger = get_logger(__name__)
 HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
@@ -188,7 +188,7 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
     valid Hub metadata, so it is named in the text instead)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from slim_diffusers.bitstream import FORMAT_VERSION
+    from slim_diffusers.coding.bitstream import FORMAT_VERSION
 
     base = args.pretrained_model_name_or_path
     dataset = args.dataset_name or args.train_data_dir
