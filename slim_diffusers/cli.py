@@ -33,7 +33,7 @@ def _cmd_info(args) -> int:
 
 
 def _load_pipeline(model: str, sender_only: bool, device: Optional[str]):
-    from .pipelines.pipeline_slim import SLIMPipeline
+    from . import SLIMPipeline
 
     kwargs = {}
     if sender_only:
@@ -138,143 +138,42 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _load_eval_dataset(name_or_dir: str, split: str):
-    from pathlib import Path
-
-    import datasets
-
-    from .evaluation.errors import EvaluationSetupError
-
-    if Path(name_or_dir).is_dir():
-        ds = datasets.load_from_disk(name_or_dir)
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise EvaluationSetupError(f"{name_or_dir} has splits {list(ds)}, not {split!r}; pick one with --split")
-            ds = ds[split]
-        return ds
-    try:
-        return datasets.load_dataset(name_or_dir, split=split)
-    except (OSError, ValueError) as err:
-        raise EvaluationSetupError(f"could not load the dataset {name_or_dir!r} (split {split!r}): {err}") from None
-
-
-def _plugin_codecs(spec: str) -> list:
-    """``--codec package.module:factory``: ``factory()`` returns a codec or a list of codecs."""
-    import importlib
-
-    from .evaluation.errors import EvaluationSetupError
-
-    module, _, attr = spec.partition(":")
-    if not module or not attr:
-        raise EvaluationSetupError(f"--codec {spec!r}: expected MODULE:CALLABLE, e.g. my_codecs:make_codec")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise EvaluationSetupError(f"--codec {spec!r}: {err}") from None
-    made = factory()
-    return list(made) if isinstance(made, (list, tuple)) else [made]
-
-
 def _cmd_evaluate(args) -> int:
-    import time
     from datetime import timedelta
     from pathlib import Path
 
     from accelerate import PartialState
 
+    from .evaluation.codecs import rate_point_labels
+    from .evaluation.harness import Classifier
+    from .evaluation.run import build_codecs, format_report, load_dataset_for_evaluation, run_evaluation
     from .utils.distributed import use_cpu_workers
-    from .evaluation.baselines import CompressAICodec, PillowCodec
-    from .evaluation.codecs import SLIMCodec, rate_point_labels
-    from .evaluation.errors import EvaluationSetupError
-    from .evaluation.harness import Classifier, Evaluation, Sample, latest_rows
-    from .evaluation.report import write_report
 
-    t0 = time.perf_counter()
-    state = PartialState(
-        cpu=use_cpu_workers(),
-        # shards finish at different times: the barrier before the merge must outwait the slowest one
-        timeout=timedelta(hours=args.merge_timeout_hours),
+    # shards finish at different times: the barrier before the merge must outwait the slowest one
+    state = PartialState(cpu=use_cpu_workers(), timeout=timedelta(hours=args.merge_timeout_hours))
+    dataset = load_dataset_for_evaluation(args.dataset, args.split)
+    codecs = build_codecs(
+        models=args.model, num_inference_steps=args.steps, strength=args.strength, seed=args.seed,
+        no_diffusion_curve=args.no_diffusion_curve, baselines=args.baselines, qualities=args.qualities,
+        compressai=args.compressai, compressai_qualities=args.compressai_qualities, plugins=args.codec,
+        device=state.device,
     )
-    out_dir = Path(args.output_dir)
-
-    ds = _load_eval_dataset(args.dataset, args.split)
-    for column in (args.image_column, args.label_column):
-        if column not in ds.column_names:
-            raise EvaluationSetupError(f"the dataset has no column {column!r} (it has {ds.column_names})")
-    n = len(ds) if args.num_samples is None else min(args.num_samples, len(ds))
-    caption_column = args.caption_column if args.caption_column in ds.column_names else None
-
-    # every codec and classifier is loaded (and may fail) before any image is coded
-    codecs = []
-    if len(set(args.model)) != len(args.model):
-        raise EvaluationSetupError(f"--model lists a model twice: {args.model}")
-    if args.model:
-        from .pipelines.pipeline_slim import SLIMPipeline
-
-        pipelines = {}
-        for label, model in zip(rate_point_labels(args.model), args.model):
-            try:
-                pipe = SLIMPipeline.from_pretrained(model).to(state.device)
-            except OSError as err:
-                raise EvaluationSetupError(f"could not load the SLIM model {model!r}: {err}") from None
-            pipe.set_progress_bar_config(disable=True)
-            pipelines[label] = pipe
-        slim = dict(num_inference_steps=args.steps, strength=args.strength, seed=args.seed)
-        codecs.append(SLIMCodec(pipelines, name="SLIM", **slim))
-        if args.no_diffusion_curve:
-            codecs.append(SLIMCodec(pipelines, name="SLIM w/o diffusion", use_diffusion=False, **slim))
-    codecs += [PillowCodec(fmt, qualities=args.qualities) for fmt in args.baselines]
-    codecs += [CompressAICodec.from_zoo(arch, args.compressai_qualities) for arch in args.compressai]
-    for spec in args.codec:
-        codecs += _plugin_codecs(spec)
-    if not codecs:
-        raise EvaluationSetupError("nothing to evaluate: give --model, --baselines, --compressai or --codec")
     classifiers = [Classifier.from_pretrained(c, device=state.device) for c in args.classifiers]
-
-    label_feature = ds.features[args.label_column]
-    for clf in classifiers:
-        if getattr(label_feature, "num_classes", clf.num_labels) != clf.num_labels:
-            raise EvaluationSetupError(
-                f"the dataset has {label_feature.num_classes} classes but {clf.name} outputs {clf.num_labels}; "
-                "the classifier must be trained on the dataset's labels"
-            )
-    names = [c.name for c in codecs]
-    anchor = args.anchor or ("JPEG" if "JPEG" in names else names[0])
-    if anchor not in names:
-        raise EvaluationSetupError(f"anchor codec {anchor!r} is not evaluated; choose one of {names}")
-
-    shard = f".rank{state.process_index}" if state.num_processes > 1 else ""
-    evaluation = Evaluation(out_dir, codecs, classifiers, shard=shard, keep_bitstreams=not args.discard_bitstreams)
-    found = len(evaluation.done)
-
-    def sample(i: int) -> Sample:
-        item = ds[i]
-        caption = item[caption_column] if caption_column else None
-        return Sample(index=i, image=item[args.image_column], label=int(item[args.label_column]), caption=caption)
-
-    with state.split_between_processes(list(range(n))) as mine:
-        written = evaluation.run(sample(i) for i in mine)
-    print(f"process {state.process_index}: {written} rows written, {found} found finished -> {evaluation.rows_path}")
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    run = run_evaluation(
+        args.output_dir, dataset, codecs, classifiers, image_column=args.image_column, label_column=args.label_column,
+        caption_column=args.caption_column, num_samples=args.num_samples, anchor=args.anchor,
+        envelope=args.monotone_envelope, keep_bitstreams=not args.discard_bitstreams, state=state,
+        extra={"slim_models": dict(zip(rate_point_labels(args.model), args.model))},
+    )
+    print(f"process {state.process_index}: {run.rows_written} rows written, {run.rows_found} found finished "
+          f"-> {run.rows_path}")
+    if run.report is None:
         return 0
-
-    keys = evaluation.keys(range(n))
-    rows = latest_rows(out_dir, keys)
-    clf_names = [c.name for c in classifiers]
-    models = {label: model for label, model in zip(rate_point_labels(args.model), args.model)}
-    report = write_report(out_dir, rows, clf_names, anchor, images=n, seconds=time.perf_counter() - t0,
-                          expected_rows=len(keys), extra={"slim_models": models}, envelope=args.monotone_envelope)
-    print((out_dir / "bd_rate.md").read_text(encoding="utf-8"))
-    print(f"{'codec':<22}{'rate point':<24}{'images':>7}{'bpp':>9}  top-1 / top-5 (%)")
-    for codec, points in report["codecs"].items():
-        for point, e in points.items():
-            accs = ", ".join(f"{Path(c).name} {e['top1'][c]:.1f}/{e['top5'][c]:.1f}" for c in clf_names)
-            print(f"{codec:<22}{point[-23:]:<24}{e['images']:>7}{e['mean_bpp']:>9.4f}  {accs}")
-    if not report["complete"]:
-        print(f"warning: {report['rows']} of {len(keys)} rows present; run the same command again to finish",
-              file=sys.stderr)
-    print(f"summary.json, rate_accuracy.png, bd_rate.md -> {out_dir}")
+    print(format_report(run.report, args.output_dir))
+    if not run.report["complete"]:
+        print(f"warning: {run.report['rows']} rows present, fewer than a complete run has; run the same command "
+              "again to finish", file=sys.stderr)
+    print(f"summary.json, rate_accuracy.png, bd_rate.md -> {Path(args.output_dir)}")
     return 0
 
 
@@ -285,8 +184,8 @@ def _cmd_demo(args) -> int:
     import torch
     from PIL import Image
 
+    from . import SLIMPipeline
     from .coding.bit_allocation import bitstream_bit_allocation, draw_bit_allocation
-    from .pipelines.pipeline_slim import SLIMPipeline
 
     assets = Path(__file__).resolve().parent / "assets"
     bundled = sorted((assets / "images").glob("*.png"))

@@ -196,8 +196,8 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, timings: dict) -> d
 
     from slim_diffusers.evaluation.baselines import PillowCodec, pillow_supports
     from slim_diffusers.evaluation.codecs import SLIMCodec
-    from slim_diffusers.evaluation.harness import Classifier, Evaluation, Sample, latest_rows
-    from slim_diffusers.evaluation.report import write_report
+    from slim_diffusers.evaluation.harness import Classifier
+    from slim_diffusers.evaluation.run import run_evaluation
 
     out = work / "eval"
     roi = {f"lambda_r={rate:g}": load_pipeline(path) for rate, path in sorted(models["roi"].items())}
@@ -214,18 +214,11 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, timings: dict) -> d
         codecs.append(PillowCodec("AVIF", qualities=cfg.baseline_qualities))
     classifiers = [Classifier.from_pretrained(str(work / "foundation" / name)) for name in CLASSIFIERS]
     ds = datasets.load_from_disk(str(work / "data" / "test"))
-    evaluation = Evaluation(out, codecs, classifiers)
     t0 = time.perf_counter()
-    written = evaluation.run(Sample(index=i, image=ds[i]["image"], label=ds[i]["label"], caption=ds[i]["caption"])
-                             for i in range(len(ds)))
-    seconds = round(time.perf_counter() - t0, 1)
-    if written:  # rows found finished in the JSONL are not evaluated again
-        timings["evaluate"] = seconds
-    keys = evaluation.keys(range(len(ds)))
-    rows = latest_rows(out, keys)
-    names = [c.name for c in classifiers]
-    return write_report(out, rows, names, anchor="JPEG", images=len(ds), seconds=seconds,
-                        expected_rows=len(keys), envelope=True)
+    run = run_evaluation(out, ds, codecs, classifiers, caption_column="caption", anchor="JPEG", envelope=True)
+    if run.rows_written:  # rows found finished in the JSONL are not evaluated again
+        timings["evaluate"] = round(time.perf_counter() - t0, 1)
+    return run.report
 
 
 # ------------------------------------------------------------------------------------------------ claims

@@ -87,7 +87,7 @@ def compress_latents(compressor: SLIMCompressor, decompressor: SLIMDecompressor,
             f"expected latents of shape (batch, {compressor.config.latent_channels}, H, W), got {tuple(latents.shape)}"
         )
     coded = _analyse(compressor, pad_latents(latents, decompressor.total_stride))
-    return decompressor.entropy_coder.compress(coded.y, coded.z)["strings"][0]
+    return decompressor.entropy_encode(coded.y, coded.z)
 
 
 @torch.no_grad()
@@ -96,9 +96,7 @@ def decompress_latents(decompressor: SLIMDecompressor, payloads: Sequence[bytes]
     h, w = int(latent_shape[-2]), int(latent_shape[-1])
     if h <= 0 or w <= 0:
         raise ValueError(f"latent size must be positive, got {h}×{w}")
-    _, z_size = decompressor.code_shapes(h, w)
-    y_hat = decompressor.entropy_coder.decompress([list(payloads)], z_size)["y_hat"]
-    return decompressor.synthesize(y_hat)[..., :h, :w]
+    return decompressor.decode(payloads, (h, w))
 
 
 @torch.no_grad()

@@ -55,10 +55,10 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: Any = "cpu") -> "Classifier":
-        from ..semantics.roi import load_roi_classifier
+        from ..utils.loading import load_image_classifier
 
         try:
-            model, processor = load_roi_classifier(name_or_path, device=device)
+            model, processor = load_image_classifier(name_or_path, device=device)
         except OSError as err:
             raise EvaluationSetupError(f"could not load the classifier {name_or_path!r}: {err}") from None
         return cls(str(name_or_path), model, processor)

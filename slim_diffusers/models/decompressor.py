@@ -17,6 +17,7 @@ from compressai.entropy_models import EntropyBottleneck, EntropyModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..coding.latent_codec import SLIMLatentCodec
 from .layers import synthesis_transform
@@ -142,6 +143,22 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         if not return_dict:
             return (latents, out["likelihoods"], out["y_hat"])
         return SLIMDecompressorOutput(latents=latents, likelihoods=out["likelihoods"], y_hat=out["y_hat"])
+
+    # ------------------------------------------------------------------------------------------ coding
+    # Pipelines call these rather than `forward`; `apply_forward_hook` lets model CPU offload move the model
+    # to the execution device first, as it does for AutoencoderKL.encode/decode.
+    @apply_forward_hook
+    def entropy_encode(self, y: torch.Tensor, z: torch.Tensor) -> List[bytes]:
+        """One rANS payload per item of the compressor's ``y`` and ``z`` (:meth:`SLIMLatentCodec.compress`)."""
+        return self.entropy_coder.compress(y.to(self.device, self.dtype), z.to(self.device, self.dtype))["strings"][0]
+
+    @apply_forward_hook
+    def decode(self, payloads: Sequence[bytes], latent_size: Tuple[int, int]) -> torch.Tensor:
+        """ẑ of each payload, at ``latent_size`` (the unpadded latent's height and width)."""
+        h, w = int(latent_size[0]), int(latent_size[1])
+        _, z_size = self.code_shapes(h, w)
+        y_hat = self.entropy_coder.decompress([list(payloads)], z_size)["y_hat"]
+        return self.synthesize(y_hat)[..., :h, :w]
 
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
         """``g_s`` one item at a time: CPU convolutions round differently at different batch sizes, and a

@@ -27,7 +27,8 @@ from diffusers.utils import BaseOutput
 
 from ..coding.bitstream import MAX_CAPTION_BYTES, compress_caption
 from ..utils.image_utils import ImageInput, as_image_list, to_rgb_tensor
-from .roi import MaskInput, as_mask_list, check_mask_matches_image, load_frozen, roi_mask_to_array
+from ..utils.loading import load_frozen
+from .roi import MaskInput, as_mask_list, check_mask_matches_image, roi_mask_to_array
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 DEFAULT_MAX_NEW_TOKENS = 20

@@ -6,7 +6,7 @@ computed in one batched ``Dataset.map`` pass. ``training/prepare_dataset.py`` is
 :func:`build_dataset`; ``python -m slim_diffusers.testing save-tiny-dataset`` runs the same function with
 tiny models on generated images.
 
-Columns of the result (``save_to_disk``; what ``training/train_slim.py`` reads):
+Columns of the result (``save_to_disk``; what the training scripts read):
 
 - ``image``: the source image, bytes as the source stored them (never re-encoded);
 - ``label``: the source's class (a ``ClassLabel`` when the source has one), -1 when it has none;
@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("image", "label", "roi_mask", "caption")
 CONFIG_FILE = "build_config.json"
 
+
+# templates of the model and dataset cards (package data)
+HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
 
 class BuildConfigMismatchError(ValueError):
     """The chunk directory of an interrupted build was made with other settings than this run's."""
