@@ -39,6 +39,7 @@ from compressai.models.utils import conv, deconv
 from torch import nn
 
 from ..errors import SLIMBitstreamError
+from ..models.layers import conv1x1
 from . import _compressai
 
 # CompressAI's default table of Gaussian scales for the conditional entropy model
@@ -162,10 +163,6 @@ class CheckerboardContext(CheckerboardMaskedConv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def _conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1)
-
-
 class SLIMLatentCodec(LatentCodec):
     r"""
     Hyperprior + ELIC space-channel context model, coded as one rANS stream per image (see the module docstring).
@@ -187,7 +184,7 @@ class SLIMLatentCodec(LatentCodec):
         self.hyper_codec = hyper_codec
         self.latent_codec = latent_codec
         for model in self.entropy_models():
-            model._register_load_state_dict_pre_hook(_compressai.resize_cdf_buffers_on_load, with_module=True)
+            model.register_load_state_dict_pre_hook(_compressai.resize_cdf_buffers_on_load)
 
     @classmethod
     def elic(
@@ -232,11 +229,11 @@ class SLIMLatentCodec(LatentCodec):
                 },
                 context_prediction=CheckerboardContext(g, g * 2, kernel_size=5, stride=1, padding=2),
                 entropy_parameters=nn.Sequential(
-                    _conv1x1(g * 2 + (k > 0) * g * 2 + M * 2, M),
+                    conv1x1(g * 2 + (k > 0) * g * 2 + M * 2, M),
                     nn.ReLU(inplace=True),
-                    _conv1x1(M, M // 2),
+                    conv1x1(M, M // 2),
                     nn.ReLU(inplace=True),
-                    _conv1x1(M // 2, g * 2),
+                    conv1x1(M // 2, g * 2),
                 ),
             )
             for k, g in enumerate(groups)

@@ -90,14 +90,23 @@ class SLIMCodec:
         return bitstream.to_bytes()
 
     def decode(self, data: bytes, rate_point: str) -> Image.Image:
+        return self.decode_batch([data], rate_point)[0]
+
+    def encode_batch(self, images: Sequence[Image.Image], rate_point: str, captions: Sequence[Optional[str]]) -> List[bytes]:
+        if any(c is None for c in captions):
+            return [self.encode(image, rate_point, caption) for image, caption in zip(images, captions)]
+        return [bs.to_bytes() for bs in self.pipelines[rate_point].compress(list(images), captions=list(captions))]
+
+    def decode_batch(self, datas: Sequence[bytes], rate_point: str) -> List[Image.Image]:
+        """Decode together; each image's noise comes from its own generator seeded with ``seed``, as alone."""
         import torch
 
         out = self.pipelines[rate_point].decompress(
-            data,
+            list(datas),
             num_inference_steps=self.num_inference_steps,
             strength=self.strength,
             guidance_scale=self.guidance_scale,
             use_diffusion=self.use_diffusion,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=[torch.Generator().manual_seed(self.seed) for _ in datas],
         )
-        return out.images[0]
+        return list(out.images)

@@ -122,6 +122,7 @@ def run_evaluation(
     anchor: Optional[str] = None,
     envelope: bool = False,
     keep_bitstreams: bool = True,
+    batch_size: int = 1,
     state=None,
     extra: Optional[dict] = None,
 ) -> EvaluationRun:
@@ -136,6 +137,8 @@ def run_evaluation(
         num_samples: the first N images (default: all).
         anchor: the BD-rate table's reference codec (default JPEG when evaluated, else the first codec).
         envelope: compare BD deltas on each curve's monotone envelope.
+        batch_size: images coded, decoded and classified together (codecs with batch methods; see
+            :meth:`~slim_diffusers.evaluation.harness.Evaluation.run`).
         state: an Accelerate ``PartialState``: its processes share the images, each appending to its own rows file,
             and the main process writes the report. ``None``: one process.
         extra: more fields for ``summary.json``.
@@ -177,12 +180,12 @@ def run_evaluation(
     indices = list(range(n))
     if several:
         with state.split_between_processes(indices) as mine:
-            written = evaluation.run(sample(i) for i in mine)
+            written = evaluation.run((sample(i) for i in mine), batch_size=batch_size)
         state.wait_for_everyone()
         if not state.is_main_process:
             return EvaluationRun(evaluation.rows_path, written, found)
     else:
-        written = evaluation.run(sample(i) for i in indices)
+        written = evaluation.run((sample(i) for i in indices), batch_size=batch_size)
 
     keys = evaluation.keys(indices)
     rows = latest_rows(out_dir, keys)
