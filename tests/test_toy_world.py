@@ -26,17 +26,6 @@ def chroma(pixels: np.ndarray) -> np.ndarray:
     return rgb.max(axis=1) - rgb.min(axis=1)
 
 
-def local_contrast(image, mask) -> float:
-    """Upper quartile of the absolute luminance steps to the right and downward neighbours, where all three pixels
-    are in ``mask``: grain gives small steps everywhere, markings large ones over much of the target, and the
-    few edges between overlapping distractors do not reach the quartile."""
-    luma = np.asarray(image.convert("L"), np.float32)
-    step = np.abs(np.diff(luma, axis=1))[:-1] + np.abs(np.diff(luma, axis=0))[:, :-1]
-    m = mask > 0.5
-    inside = m[:-1, :-1] & m[:-1, 1:] & m[1:, :-1]
-    return float(np.percentile(step[inside], 75))
-
-
 def test_classes_are_kind_times_variant():
     assert len(CLASSES) == len(CLASS_NAMES) == len(KINDS) * len(VARIANTS) >= 20
     assert len(set(CLASS_NAMES)) == len(CLASS_NAMES)
@@ -89,8 +78,6 @@ def test_mask_covers_the_one_saturated_object_and_distractors_are_present():
         # the target is the saturated object; distractors and background are desaturated
         assert np.median(chroma(pixels[on])) > 55
         assert np.median(chroma(pixels[distractor])) < 40 and np.median(chroma(pixels[~on])) < 40
-        # the target carries markings: its luminance changes from pixel to pixel far more than a distractor's
-        assert local_contrast(item.image, item.object_mask) > 1.5 * local_contrast(item.image, item.distractor_mask)
 
 
 def test_colour_does_not_decide_the_class():
@@ -105,15 +92,28 @@ def test_colour_does_not_decide_the_class():
 
 def test_markings_tell_variants_apart_on_the_same_outline():
     """Same rng, same kind, different variant: only the pixels on the target change."""
-    kind = 1
-    images = [render(kind * len(VARIANTS) + v, np.random.default_rng(11), 96) for v in range(len(VARIANTS))]
+    assert VARIANTS[0] == "plain"
+    for kind in range(len(KINDS)):
+        for seed in range(4):
+            images = [render(kind * len(VARIANTS) + v, np.random.default_rng([11, seed]), 96) for v in range(len(VARIANTS))]
+            check_only_the_target_changes(images)
+
+
+def check_only_the_target_changes(images):
     mask = images[0].object_mask > 0.5
-    edge = np.pad(mask, 1)  # the mask grown by a pixel: the anti-aliased edge mixes in the markings too
-    edge = edge[:-2, 1:-1] | edge[2:, 1:-1] | edge[1:-1, :-2] | edge[1:-1, 2:] | mask
+    # the mask grown by a pixel in all eight directions: the anti-aliased edge mixes in the markings too
+    padded = np.pad(mask, 1)
+    edge = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            edge |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
     for other in images[1:]:
         assert np.array_equal(other.object_mask, images[0].object_mask)
         diff = np.abs(np.asarray(other.image, np.int16) - np.asarray(images[0].image, np.int16)).sum(axis=2)
-        assert diff[~edge].max() == 0 and diff[mask].mean() > 20
+        assert diff[~edge].max() == 0 and diff[mask].mean() > 10
+        # markings are luminance detail (chroma alone would be subsampled away by every codec)
+        luma = np.asarray(other.image.convert("L"), np.float32) - np.asarray(images[0].image.convert("L"), np.float32)
+        assert luma[mask].std() > 4  # grey levels
 
 
 def test_as_dataset_columns():
