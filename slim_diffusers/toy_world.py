@@ -4,32 +4,34 @@ Version 2. Each image (96×96 by default) shows one **target** object among a fe
 cluttered, grainy background:
 
 - **Classes** (20): a coarse **kind** — the target's outline: circle, square, triangle, star, cross — times a
-  fine **variant** — the markings printed on it: striped, ringed, spotted, checked. Label
-  ``kind_index * 4 + variant_index``; ``CLASS_NAMES`` reads "striped circle", "checked star", ….
-- **What decides the class** is the target's outline *and* its markings, nothing else. Its colour is a random
-  saturated hue in every image, so colour tells nothing about the class; it only marks which object is the
-  target. The markings are luminance patterns (chroma is subsampled by every image codec, so markings drawn in
-  chroma alone would vanish at any quality), one period per variant at 96²: stripes 7 px, rings 5 px, spots
-  on a 5 px grid, checks 3.5 px (period of the squares' pattern). Their contrast varies from image to image.
-  Fine detail is what a codec drops first, so as the rate falls a classifier loses the variant (≈ 1/4 of its
-  accuracy is left: the kind), then the outline (chance, 1/20). The coarser variants survive longer, which
-  spreads the loss over a range of rates instead of a cliff.
-- **Distractors** (2–4): objects of any kind, smaller than or as large as the target, desaturated and
-  plain (no markings). They cost bits and draw attention but carry no information about the class.
+  fine **variant** — its markings: plain, striped, spotted, checked. Label ``kind_index * 4 + variant_index``
+  (``kind_of``, ``variant_of``); ``CLASS_NAMES`` reads "plain circle", "checked star", ….
+- **What decides the class** is the target's outline and its markings, nothing else. Its colour is a random
+  saturated hue in every image: it tells which object is the target, not which class. The markings are
+  luminance patterns (every image codec subsamples chroma, so markings in chroma alone would vanish at any
+  quality) with one scale per variant, at 96²: stripes of period 6 px, spots on a 5 px grid, checks of period
+  3.5 px (±15 % per image), 16–52 grey levels darker or lighter than the target. Fine, faint detail is what a
+  codec drops first: as the rate falls, a classifier trained on clean images first loses the variant (a
+  target whose markings are gone looks plain, so about a quarter of the classes stay right while the kind is
+  kept), then the outline (chance, 1/20). Coarser and stronger markings survive longer, which spreads the
+  loss over a decade of bpp instead of a cliff (``benchmarks/toy/calibrate_world.py`` measures it).
+- **The target** covers about a tenth of the frame (radius 15–21 % of the image side), tilted by up to 20°.
+- **Distractors** (2–4 per image): objects of any kind, up to the target's size, desaturated and plain. They
+  cost bits and draw attention but say nothing about the class; the target is painted over them.
 - **Background**: a smooth, desaturated colour field with grain and clutter strokes and blobs, as in v1: it
   costs bits to code and carries nothing, so a codec for machines gains by spending its rate on the target.
-- **Captions** name the coarse object only ("a star"), never the markings ("a checked star"): that is the
-  level of detail a RoI-focused BLIP-2 caption gives. The caption therefore carries the kind, about
-  log2(5) ≈ 2.3 of the class's log2(20) ≈ 4.3 bits; the variant must come through the image. Every sample
-  also carries the target's true mask.
+- **Captions** name the kind only ("a star"), never the markings ("a checked star"): that is the detail a
+  RoI-focused BLIP-2 caption gives of a small object. So the caption carries log2(5) ≈ 2.3 of the class's
+  log2(20) ≈ 4.3 bits, and the variant must come through the image.
 
-The captions come from the generator, not from a captioning model: in this world they stand in for the
-RoI-focused BLIP-2 captions of the real system.
+Every sample carries the target's true mask (and, for analysis, where the distractors show). The captions
+come from the generator, not from a captioning model: in this world they stand in for the RoI-focused
+BLIP-2 captions of the real system.
 
 Used by the tiny test datasets (:mod:`slim_diffusers.testing`), the Grad-CAM and evaluation tests, and the
-toy-scale reproduction in ``benchmarks/toy/`` (``calibrate_world.py`` measures how JPEG and WebP erase the
-classes). Everything is a pure function of ``(seed, index, size)``. Marking periods scale with ``size``
-(never below 2.5 px), so small test images have coarse markings.
+toy-scale reproduction in ``benchmarks/toy/``. Everything is a pure function of ``(seed, index, size)``.
+Marking periods scale with ``size`` but never go below 2.5 px, so at the 32–64 px of the tests the markings
+are coarse for their objects.
 """
 
 import colorsys
@@ -41,16 +43,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 KINDS: Tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-# coarsest first: the order in which they survive compression, roughly
+# no markings first, then the coarsest to the finest: roughly the order in which they survive compression
 VARIANTS: Tuple[str, ...] = ("plain", "striped", "spotted", "checked")
 CLASSES: Tuple[Tuple[str, str], ...] = tuple((kind, variant) for kind in KINDS for variant in VARIANTS)
 CLASS_NAMES: Tuple[str, ...] = tuple(f"{variant} {kind}" for kind, variant in CLASSES)
 DEFAULT_SIZE = 96
 
-# marking period in pixels of a 96² image (scaled with the image size); the checks' squares are half of it
+# marking period in pixels of a 96² image (scaled with the image size); the checks' squares are half of it. "plain"
+# has one too, unused: every variant draws the same random numbers, so one rng gives the same scene whatever the
+# variant (the tests compare variants that way)
 _PERIOD = {"plain": 6.0, "striped": 6.0, "spotted": 5.0, "checked": 3.5}
 _MIN_PERIOD = 2.5
-_MARKING_CONTRAST = (22.0, 52.0)  # luminance step between a target's base colour and its markings, in grey levels
+_MARKING_CONTRAST = (16.0, 52.0)  # luminance step between a target's base colour and its markings, in grey levels
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _SUPERSAMPLE = 4
 
@@ -121,6 +125,8 @@ def _alpha(kind: str, cx: float, cy: float, r: float, angle: float, box) -> np.n
 def _markings(variant: str, cx: float, cy: float, box, period: float, angle: float, phase: np.ndarray) -> np.ndarray:
     """Coverage (0–1) of the variant's marking pattern over ``box``, sampled 4× per pixel and averaged."""
     x0, y0, x1, y1 = box
+    if variant == "plain":
+        return np.zeros((y1 - y0, x1 - x0), np.float32)
     s = _SUPERSAMPLE
     xs = (x0 + (np.arange((x1 - x0) * s, dtype=np.float32) + 0.5) / s - cx).astype(np.float32)
     ys = (y0 + (np.arange((y1 - y0) * s, dtype=np.float32) + 0.5) / s - cy).astype(np.float32)
@@ -128,9 +134,7 @@ def _markings(variant: str, cx: float, cy: float, box, period: float, angle: flo
     cos, sin = math.cos(angle), math.sin(angle)
     u = (dx * cos + dy * sin) / period + phase[0]
     v = (-dx * sin + dy * cos) / period + phase[1]
-    if variant == "plain":
-        on = np.zeros(u.shape, bool)
-    elif variant == "striped":
+    if variant == "striped":
         on = (u % 1.0) < 0.5
     elif variant == "spotted":
         on = (u % 1.0 - 0.5) ** 2 + (v % 1.0 - 0.5) ** 2 < 0.33**2
