@@ -1,7 +1,7 @@
 """Calibrate the toy world before any SLIM number is read: is the class decidable, and how do codecs erase it?
 
-    python benchmarks/toy/calibrate_world.py            # about 8 minutes on 2 CPU cores
-    python benchmarks/toy/calibrate_world.py --smoke --results-dir /tmp/calib   # the same code in ~20 s
+    OMP_NUM_THREADS=1 python benchmarks/toy/calibrate_world.py   # 11 min on one core of a busy 2-core machine
+    python benchmarks/toy/calibrate_world.py --smoke --results-dir /tmp/calib     # the same code in ~10 s
 
 A world is only a fair test of a codec for machines if (1) a small classifier trained on clean images tells
 its classes apart, so every error after coding is the codec's, and (2) a classic codec loses the class
