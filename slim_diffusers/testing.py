@@ -273,7 +273,10 @@ def _save_tiny_codec(out_dir: str, seed: int) -> None:
 
 
 def _save_tiny_roi_models(out_dir: str, seed: int, image_size: int = 64) -> None:
-    classifier, image_processor = tiny_classifier(seed=seed, image_size=image_size)
+    from .toy_world import CLASS_NAMES
+
+    # the toy world's classes, so that stage 2's task loss and Grad-CAM can take the tiny datasets' labels
+    classifier, image_processor = tiny_classifier(num_labels=len(CLASS_NAMES), seed=seed, image_size=image_size)
     classifier.save_pretrained(os.path.join(out_dir, "classifier"))
     image_processor.save_pretrained(os.path.join(out_dir, "classifier"))
     captioner, processor = tiny_blip2(seed=seed)
@@ -293,7 +296,7 @@ def save_tiny_dataset(out_dir: str, num_images: int = 16, seed: int = 0, image_s
     from .training.dataset_builder import BuildConfig, build_dataset, make_annotator, resolve_cam_target
 
     source = toy_world.as_dataset(num_images, seed=seed, size=image_size).select_columns(["image", "label"])
-    classifier, image_processor = tiny_classifier(seed=seed, image_size=image_size)
+    classifier, image_processor = tiny_classifier(num_labels=len(toy_world.CLASS_NAMES), seed=seed, image_size=image_size)
     captioner, processor = tiny_blip2(seed=seed)
     cam_target = resolve_cam_target("auto", list(toy_world.CLASS_NAMES), classifier)
     config = BuildConfig(

@@ -194,13 +194,14 @@ def test_plugged_in_codec_and_setup_errors(eval_classifier_dir, eval_dataset_dir
 
     assert main([*base, "--anchor", "AVIF", "-o", str(tmp_path / "x")]) == 2
     assert "anchor codec 'AVIF' is not evaluated" in capsys.readouterr().err
+    from slim_diffusers import toy_world
     from slim_diffusers.testing import tiny_classifier
 
     five = tmp_path / "five_classes"
     model, processor = tiny_classifier(num_labels=5)
     model.save_pretrained(five), processor.save_pretrained(five)
     assert main([*base, "--classifiers", str(five), "-o", str(tmp_path / "y")]) == 2
-    assert "10 classes but" in capsys.readouterr().err
+    assert f"{len(toy_world.CLASS_NAMES)} classes but" in capsys.readouterr().err
     assert not (tmp_path / "y" / "rows.jsonl").exists()  # refused before any work
 
     classifier = Classifier.from_pretrained(eval_classifier_dir)

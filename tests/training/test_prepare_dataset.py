@@ -72,10 +72,10 @@ def test_save_tiny_dataset_round_trips_with_the_training_columns(tmp_path):
     ds = datasets.load_from_disk(str(out))
     assert ds.column_names == ["image", "label", "roi_mask", "caption"] and len(ds) == 6
     assert isinstance(ds.features["label"], datasets.ClassLabel) and isinstance(ds.features["roi_mask"], datasets.Image)
-    assert ds["label"] == [i % 10 for i in range(6)]
+    assert ds["label"] == [i % len(toy_world.CLASS_NAMES) for i in range(6)]
 
     # built by the same machinery: the masks and captions are those of the tiny models on these images
-    classifier, image_processor = tiny_classifier(seed=0, image_size=40)
+    classifier, image_processor = tiny_classifier(num_labels=len(toy_world.CLASS_NAMES), seed=0, image_size=40)
     captioner, processor = tiny_blip2(seed=0)
     images = [row["image"] for row in ds]
     assert all(np.array_equal(np.asarray(a), np.asarray(s.image)) for a, s in zip(images, toy_world.samples(6, 0, 40)))
@@ -133,7 +133,7 @@ def test_source_captions_are_kept_without_a_captioner(tmp_path, models, prepare)
                              "--output_dir", out, "--batch_size", 3, "--chunk_size", 4])])
     ds = datasets.load_from_disk(str(out))
     assert ds.column_names == ["image", "label", "roi_mask", "caption"]
-    assert ds["caption"] == [toy_world.caption_for(i % 10) for i in range(6)]
+    assert ds["caption"] == [toy_world.caption_for(i % len(toy_world.CLASS_NAMES)) for i in range(6)]
     assert all(row["roi_mask"].size == (40, 40) for row in ds)
 
     from huggingface_hub import DatasetCard
