@@ -254,8 +254,8 @@ def write_results(work: Path, res: Path, results: dict) -> None:
     classifiers = bd["classifiers"]
     curves = [c for c in MAIN_CURVES if c in summary]
     statistics.plot_rate_accuracy_bands(summary, classifiers, res / "rate_accuracy.png", codecs=curves,
-                                        titles=["ResNet (RoI masks, task loss, evaluation)",
-                                                "ConvNeXt (never seen in training)"])
+                                        titles=dict(zip(classifiers, ["ResNet (RoI masks, task loss, evaluation)",
+                                                                      "ConvNeXt (never seen in training)"])))
     (res / "bd_rate.md").write_text(statistics.bd_table_with_intervals(bd))
     shutil.copy(work / "eval" / "summary.json", res / "harness_summary.json")
     print(f"results in {res}", flush=True)

@@ -23,6 +23,7 @@ from typing import Dict
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from slim_diffusers import toy_world
 from slim_diffusers.testing import tiny_classifier, tiny_text_encoder, tiny_tokenizer
@@ -304,6 +305,29 @@ def text_to_image_accuracy(sd_dir: Path, classifier_dir: Path, per_class: int = 
     pred = model(**processor(images=images, return_tensors="pt")).logits.argmax(-1).tolist()
     hits = [toy_world.kind_of(p) == k for p, k in zip(pred, kinds)]
     return {"drawings": len(kinds), "kind_accuracy": 100.0 * sum(hits) / len(hits)}
+
+
+@torch.no_grad()
+def vae_ceiling(vae_dir: Path, classifier_dir: Path, n: int = 500) -> Dict:
+    """The classifier's accuracy on the VAE's reconstructions of held-out images: the most any codec of its
+    latent (SLIM included) can keep, since SLIM decodes through this VAE."""
+    from diffusers import AutoencoderKL
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    model = AutoModelForImageClassification.from_pretrained(classifier_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(classifier_dir)
+    items = toy_world.samples(n, seed=VALIDATION_SEED, size=IMAGE_SIZE)
+    hits, kind_hits = 0, 0
+    for start in range(0, n, 50):
+        chunk = items[start : start + 50]
+        x = to_pixels([s.image for s in chunk])
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        images = [Image.fromarray(((r.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for r in recon]
+        pred = model(**processor(images=images, return_tensors="pt")).logits.argmax(-1).tolist()
+        hits += sum(p == s.label for p, s in zip(pred, chunk))
+        kind_hits += sum(toy_world.kind_of(p) == toy_world.kind_of(s.label) for p, s in zip(pred, chunk))
+    return {"images": n, "top1": 100.0 * hits / n, "kind_accuracy": 100.0 * kind_hits / n}
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -76,8 +76,6 @@ class ToyConfig:
     decode: Tuple[Tuple[str, object], ...] = (("num_inference_steps", 8), ("strength", 0.5), ("seed", 0))
     steps_ablation: Tuple[int, ...] = (1, 2, 10)  # denoising steps run (besides the default 4), two lowest rates
     baseline_qualities: Tuple[int, ...] = (1, 5, 10, 20, 40, 70, 90)
-    learned_lambdas: Tuple[float, ...] = (0.0005, 0.002, 0.008, 0.032)
-    learned_steps: Tuple[int, int, int] = (1200, 250, 150)  # MSE from scratch, MSE per λ, task fine-tune per λ
     num_train: int = 3000
     num_test: int = 1000
     num_bitmap_images: int = 200
@@ -90,7 +88,7 @@ class ToyConfig:
 SMOKE = ToyConfig(
     rate_points=(1.0, 4.0), warm_start_rate=1.0, slim_stage1_base=(2, 4, 1e-3), slim_stage1_finetune=(2, 4, 5e-4),
     slim_stage2=(2, 4, 3e-4), decode=(("num_inference_steps", 2), ("strength", 0.5), ("seed", 0)),
-    steps_ablation=(1,), baseline_qualities=(5, 50), learned_lambdas=(0.002, 0.008), learned_steps=(2, 2, 2),
+    steps_ablation=(1,), baseline_qualities=(5, 50),
     num_train=24, num_test=6, num_bitmap_images=3,
     foundation_steps=(("vae", 2), ("resnet", 2), ("convnext", 2), ("ldm", 2)), ldm_pool=16, eval_batch=4,
     bootstrap_replicates=20,
@@ -153,13 +151,6 @@ def run_chains(chains: Dict[str, List[Job]], work: Path, timings: dict) -> None:
             raise error
 
 
-def timed_stage(name: str, stage_wall: dict, fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    result = fn(*args, **kwargs)
-    stage_wall[name] = round(time.perf_counter() - t0, 1)
-    return result
-
-
 # ---------------------------------------------------------------------------------------------- stages
 def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
     f = work / "foundation"
@@ -183,6 +174,10 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
                                                    steps=20 if cfg is not SMOKE else 2)
         check.write_text(json.dumps(result))
     info["ldm"]["text_to_image"] = json.loads(check.read_text())
+    ceiling = f / "vae" / "ceiling.json"
+    if not ceiling.is_file():
+        ceiling.write_text(json.dumps(foundation.vae_ceiling(f / "vae", f / "resnet", n=500 if cfg is not SMOKE else 4)))
+    info["vae"]["classifier_on_reconstructions"] = json.loads(ceiling.read_text())
     return info
 
 
@@ -251,13 +246,17 @@ def stage_slim(work: Path, cfg: ToyConfig, timings: dict) -> dict:
     return models
 
 
-def stage_learned(work: Path, cfg: ToyConfig, timings: dict) -> Dict[str, Dict[float, Path]]:
-    """The learned baselines, two λ chains side by side (each: MSE fine-tunes, then task fine-tunes)."""
+def stage_learned(work: Path, cfg: ToyConfig, timings: dict, smoke: bool):
+    """The learned baselines (``learned_baselines.py``): bmshj2018-hyperprior for MSE at every λ (one from scratch,
+    the others fine-tuned from it) and each fine-tuned through the classifier's cross-entropy."""
     import learned_baselines
 
-    return learned_baselines.run_training_jobs(
-        work / "learned", work / "foundation" / "resnet", run_chains=lambda chains: run_chains(chains, work, timings),
-        lambdas=cfg.learned_lambdas, steps=cfg.learned_steps, image_size=IMAGE_SIZE, seed=BASELINE_TRAIN_SEED)
+    torch.set_num_threads(2)
+    result = learned_baselines.train_learned_codecs(
+        work / "learned", work / "foundation" / "resnet", sample_fn=toy_world.samples, data_seed=BASELINE_TRAIN_SEED,
+        image_size=IMAGE_SIZE, config=learned_baselines.SMOKE if smoke else learned_baselines.LearnedBaselineConfig())
+    timings.update({f"learned/{name}": seconds for name, seconds in result.timings_s.items()})
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -302,10 +301,8 @@ class CaptionOnlyCodec:
 
 
 def evaluation_codecs(cfg: ToyConfig, models: dict, learned: dict) -> list:
-    from slim_diffusers.evaluation.baselines import CompressAICodec, PillowCodec, pillow_supports
+    from slim_diffusers.evaluation.baselines import PillowCodec, pillow_supports
     from slim_diffusers.evaluation.codecs import SLIMCodec
-
-    import learned_baselines
 
     decode = dict(cfg.decode)
     roi = {rate_label(r): load_pipeline(p) for r, p in sorted(models["roi"].items())}
@@ -324,10 +321,7 @@ def evaluation_codecs(cfg: ToyConfig, models: dict, learned: dict) -> list:
                                 **{**decode, "num_inference_steps": 2 * k}))
     codecs += [PillowCodec(fmt, qualities=cfg.baseline_qualities) for fmt in ("JPEG", "WEBP", "AVIF")
                if fmt != "AVIF" or pillow_supports("AVIF")]
-    for name, per_lambda in learned.items():
-        codecs.append(CompressAICodec({f"lambda={lam:g}": learned_baselines.load_codec_model(path)
-                                       for lam, path in sorted(per_lambda.items())}, name=name))
-    return codecs
+    return codecs + learned.codecs()
 
 
 def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, learned: dict, timings: dict) -> dict:
@@ -368,7 +362,7 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
         old.unlink()
     test = datasets.load_from_disk(str(work / "data" / "test"))
     for label in range(len(toy_world.CLASS_NAMES)):
-        row = test[label]  # image i has class i % number of classes
+        row = test[label]  # image i has class i % len(CLASS_NAMES)
         row["image"].save(images / f"{toy_world.CLASS_NAMES[label].replace(' ', '_')}.png")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     log(f"bundled default: {target} ({size / 2**20:.1f} MiB) and {len(toy_world.CLASS_NAMES)} images; "
@@ -409,22 +403,30 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results_dir = Path(args.results_dir)
     timings: dict = {}  # job -> seconds, for the jobs this call ran
-    stage_wall: dict = {}  # stage -> wall seconds of this call
-    t0 = time.perf_counter()
-    foundation_info = timed_stage("foundation", stage_wall, stage_foundation, work, cfg, timings)
-    timed_stage("data", stage_wall, stage_data, work, cfg, timings)
-    models = timed_stage("slim", stage_wall, stage_slim, work, cfg, timings)
-    learned = timed_stage("learned baselines", stage_wall, stage_learned, work, cfg, timings)
-    report = timed_stage("evaluation", stage_wall, stage_evaluate, work, cfg, models, learned, timings)
-    # what each stage took when it ran: a re-run reuses cached stages and times only what it does
     stage_file = work / "stage_seconds.json"
     saved = json.loads(stage_file.read_text()) if stage_file.is_file() else {"jobs": {}, "stages": {}}
-    saved["jobs"].update(timings)
-    for stage, prefix in STAGE_JOBS.items():
-        if any(job.startswith(prefix) for job in timings):  # the stage did work in this call
-            saved["stages"][stage] = stage_wall[stage]
+
+    def stage(name: str, fn, *stage_args):
+        """Run a stage and record, as soon as it ends, what it and its jobs took (only when it did work: a re-run
+        reuses cached stages, and their times stay those of the run that made them)."""
+        t_stage = time.perf_counter()
+        result = fn(*stage_args)
+        saved["jobs"].update(timings)
+        if any(job.startswith(STAGE_JOBS[name]) for job in timings):
+            saved["stages"][name] = round(time.perf_counter() - t_stage, 1)
+        stage_file.write_text(json.dumps(saved, indent=2) + "\n")
+        return result
+
+    t0 = time.perf_counter()
+    foundation_info = stage("foundation", stage_foundation, work, cfg, timings)
+    stage("data", stage_data, work, cfg, timings)
+    models = stage("slim", stage_slim, work, cfg, timings)
+    learned = stage("learned baselines", stage_learned, work, cfg, timings, args.smoke)
+    report = stage("evaluation", stage_evaluate, work, cfg, models, learned, timings)
+    t_claims = time.perf_counter()
+    results = claims.measure(work, cfg, models, report, rate_label, load_pipeline)
+    saved["stages"]["claims"] = round(time.perf_counter() - t_claims, 1)
     stage_file.write_text(json.dumps(saved, indent=2) + "\n")
-    results = timed_stage("claims", stage_wall, claims.measure, work, cfg, models, report, rate_label, load_pipeline)
     results.update({
         "foundation": foundation_info,
         "config": {**asdict(cfg), "codec": TOY_CODEC, "image_size": IMAGE_SIZE, "classifiers": CLASSIFIERS,

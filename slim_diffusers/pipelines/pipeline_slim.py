@@ -474,6 +474,7 @@ class SLIMPipeline(DiffusionPipeline):
                 progress_bar.update()
         return latents
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, bitstream: SLIMBitstream) -> torch.Tensor:
         """VAE-decoded pixels in [-1, 1] of one (padded) latent, cropped to the bitstream's image size."""
         latents = latents.to(device=self._execution_device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
