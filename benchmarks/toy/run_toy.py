@@ -332,7 +332,7 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, learned: dict, timi
 
     torch.set_num_threads(2)
     codecs = evaluation_codecs(cfg, models, learned)
-    classifiers = [Classifier.from_pretrained(str(work / "foundation" / name)) for name in CLASSIFIERS]
+    classifiers = [Classifier.from_pretrained(str(work / "foundation" / name), name=name) for name in CLASSIFIERS]
     ds = datasets.load_from_disk(str(work / "data" / "test"))
     t0 = time.perf_counter()
     run = run_evaluation(work / "eval", ds, codecs, classifiers, caption_column="caption", anchor="JPEG",

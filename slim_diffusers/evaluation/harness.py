@@ -54,14 +54,15 @@ class Classifier:
         self.name, self.model, self.processor = name, model.eval(), processor
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: Any = "cpu") -> "Classifier":
+    def from_pretrained(cls, name_or_path: str, device: Any = "cpu", name: Optional[str] = None) -> "Classifier":
+        """``name`` labels the classifier's rows and report columns (default: ``name_or_path``)."""
         from ..utils.loading import load_image_classifier
 
         try:
             model, processor = load_image_classifier(name_or_path, device=device)
         except OSError as err:
             raise EvaluationSetupError(f"could not load the classifier {name_or_path!r}: {err}") from None
-        return cls(str(name_or_path), model, processor)
+        return cls(name or str(name_or_path), model, processor)
 
     @property
     def num_labels(self) -> int:
