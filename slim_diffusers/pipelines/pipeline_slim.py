@@ -24,7 +24,7 @@ from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPToken
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..coding.bitstream import MAX_SIDE, SLIMBitstream
+from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit
 from ..coding.latents import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
 from ..models.compressor import SLIMCompressor
@@ -350,7 +350,9 @@ class SLIMPipeline(DiffusionPipeline):
         return bitstreams
 
     # ----------------------------------------------------------------------------------------- receiver
-    def _load_bitstreams(self, bitstreams) -> List[SLIMBitstream]:
+    def _load_bitstreams(self, bitstreams, max_pixels: Optional[int] = None) -> List[SLIMBitstream]:
+        """Parse, then check every header against the pixel limit and this pipeline's model, before anything is
+        decoded or allocated."""
         if isinstance(bitstreams, (SLIMBitstream, bytes, bytearray)):
             bitstreams = [bitstreams]
         out = [b if isinstance(b, SLIMBitstream) else SLIMBitstream.from_bytes(b) for b in bitstreams]
@@ -358,9 +360,11 @@ class SLIMPipeline(DiffusionPipeline):
             raise ValueError("no bitstreams to decode")
         expected = self.decompressor.fingerprint()
         for i, bs in enumerate(out):
+            name = f"bitstream {i}" if len(out) > 1 else "the bitstream"
+            check_decode_limit(bs, max_pixels, name=name)
             if bs.fingerprint != expected:
                 raise SLIMModelMismatchError(
-                    f"bitstream {i} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
+                    f"{name} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
                     f"is model {expected.hex()}; decode it with the pipeline that wrote it"
                 )
         return out
@@ -495,6 +499,7 @@ class SLIMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["SLIMPipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        max_pixels: Optional[int] = None,
     ):
         """Decode bitstreams to images.
 
@@ -514,9 +519,12 @@ class SLIMPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the enhanced latents, uncropped).
             callback_on_step_end: ``fn(pipeline, step, timestep, tensors) -> dict`` after every step; it may
                 return a replacement for ``latents``.
+            max_pixels: refuse (:class:`~slim_diffusers.SLIMDecodeLimitError`) bitstreams whose image has more
+                pixels; ``None`` uses ``slim_diffusers.coding.bitstream.MAX_IMAGE_PIXELS`` (4096 × 4096). The
+                limit is checked on the headers, before anything is decoded.
         """
         self._require("decompressor", action="decompress()")
-        bitstreams = self._load_bitstreams(bitstreams)
+        bitstreams = self._load_bitstreams(bitstreams, max_pixels)
         self.check_inputs(
             bitstreams=bitstreams,
             num_inference_steps=num_inference_steps,
@@ -608,6 +616,7 @@ class SLIMPipeline(DiffusionPipeline):
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_pixels=MAX_SIDE * MAX_SIDE,  # the caller's own images: no decoding limit beyond the format's
         ).images
         bpp = [bs.bits_per_pixel for bs in bitstreams]
         if not return_dict:
