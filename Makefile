@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/slim demo
 
+# -rs: every skipped test says why (e.g. where it looked for the Kodak images)
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo_output
+	rm -rf $(VENV) build *.egg-info demo_output outputs
