@@ -15,6 +15,7 @@ thread count and the load average before and after the run: numbers taken on a b
 
     python benchmarks/large_images.py                              # 1024 2048 4096, every mode, 2 threads
     python benchmarks/large_images.py --sizes 256 512 --no-save    # a quick check
+    python benchmarks/large_images.py --sizes 512 1024 --modes no-diffusion --vae-tiling off   # the VAE untiled
 """
 
 import argparse
@@ -77,7 +78,7 @@ def _toy_image(size: int):
         return image.convert("RGB").resize((size, size), Image.BICUBIC)
 
 
-def run_case(size: int, mode: str, threads: int) -> dict:
+def run_case(size: int, mode: str, threads: int, vae_tiling: str = "auto") -> dict:
     import resource
 
     import torch
@@ -112,6 +113,8 @@ def run_case(size: int, mode: str, threads: int) -> dict:
 
             pipe = SLIMPipeline.from_pretrained(ASSETS / "toy" / "slim")
             pipe.set_progress_bar_config(disable=True)
+            if vae_tiling == "off":
+                pipe.disable_vae_tiling()
             image = _toy_image(size)
             pipe(_toy_image(64), captions="", use_diffusion=False)  # first-call costs are not the size's
             out["rss_after_load_mib"] = round(stages.rss(), 1)
@@ -137,7 +140,7 @@ def run_case(size: int, mode: str, threads: int) -> dict:
             assert tuple(pixels.shape[-2:]) == (size, size)
             out["payload_bytes"] = len(payload)
             out["file_bytes"] = bs.num_bytes
-            out["vae_tile_size"] = pipe.vae_tile_size()
+            out["vae_tiling"] = vae_tiling if vae_tiling == "off" else f"auto, {pipe.vae_tile_size()} px tiles"
     out["stages"] = stages.rows
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
@@ -164,11 +167,12 @@ def _load() -> str:
 def _format(result: dict) -> str:
     if "error" in result:
         return f"{result['size']:>5}²  {result['mode']:<13} {result['error']}"
+    tiling = f"  VAE tiling {result['vae_tiling']}" if "vae_tiling" in result else ""
     stages = "  ".join(f"{name} {row['seconds']:.2f} s / {row['peak_rss_mib']:.0f} MiB" for name, row in result["stages"].items())
     total = sum(row["seconds"] for row in result["stages"].values())
     return (f"{result['size']:>5}²  {result['mode']:<13} total {total:8.2f} s  peak RSS {result['peak_rss_mib']:7.0f} MiB "
             f"(after loading {result['rss_after_load_mib']:.0f})  symbols {result['symbols']:,}  "
-            f"payload {result['payload_bytes']} B\n          {stages}")
+            f"payload {result['payload_bytes']} B{tiling}\n          {stages}")
 
 
 def main() -> int:
@@ -177,19 +181,21 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one case may run (default: 3600)")
+    parser.add_argument("--vae-tiling", choices=("auto", "off"), default="auto",
+                        help="the pipeline's default (tiles from 512² pixels on), or never tile (for comparison)")
     parser.add_argument("--no-save", action="store_true", help=f"print only; do not append to {RESULTS.name}")
     parser.add_argument("--case", nargs=2, metavar=("SIZE", "MODE"), help=argparse.SUPPRESS)  # one case, in a child
     args = parser.parse_args()
 
     if args.case:
-        print(json.dumps(run_case(int(args.case[0]), args.case[1], args.threads)))
+        print(json.dumps(run_case(int(args.case[0]), args.case[1], args.threads, args.vae_tiling)))
         return 0
 
     import torch
 
     header = [
         f"$ python benchmarks/large_images.py --sizes {' '.join(map(str, args.sizes))} --modes {' '.join(args.modes)} "
-        f"--threads {args.threads}",
+        f"--threads {args.threads} --vae-tiling {args.vae_tiling}",
         f"date             {datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"machine          {_machine()}, torch {torch.__version__}, {args.threads} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}",
@@ -201,7 +207,8 @@ def main() -> int:
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     for size in args.sizes:
         for mode in args.modes:
-            command = [sys.executable, __file__, "--case", str(size), mode, "--threads", str(args.threads)]
+            command = [sys.executable, __file__, "--case", str(size), mode, "--threads", str(args.threads),
+                       "--vae-tiling", args.vae_tiling]
             try:
                 child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
                 if child.returncode == 0:
