@@ -207,8 +207,8 @@ class SLIMPipeline(DiffusionPipeline):
     def enable_vae_tiling(self, tile_size: Optional[int] = None) -> None:
         """Encode and decode every image larger than one tile in overlapping tiles (diffusers' tiled VAE), whatever
         its size. ``tile_size``: tile side in pixels, a multiple of 4 × the VAE's stride (default:
-        :meth:`vae_tile_size`). By default (before this is called) only images of more than
-        ``VAE_TILING_MIN_PIXELS`` (512 × 512) or more are tiled."""
+        :meth:`vae_tile_size`). By default (before this is called) only images of ``VAE_TILING_MIN_PIXELS``
+        (512 × 512) pixels or more are tiled."""
         if tile_size is not None and (tile_size <= 0 or tile_size % (4 * self.vae_scale_factor)):
             raise ValueError(
                 f"tile_size must be a positive multiple of {4 * self.vae_scale_factor} (4 × the VAE's stride), got {tile_size}"
