@@ -193,14 +193,21 @@ def _hub_failure(name: str) -> str:
             f"pass its folder, e.g. --model ./my-slim, or --model {BUNDLED_MODEL} for the bundled toy model")
 
 
-def _load_pipeline(model: _Model, sender_only: bool, device: Optional[str]):
+def _quiet_loading() -> None:
+    """No progress bars for loading weights from disk (downloads keep huggingface_hub's)."""
     import diffusers
     import transformers
 
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_pipeline(model: _Model, sender_only: bool, device: Optional[str]):
+    import diffusers
+
     from . import SLIMPipeline
 
-    diffusers.utils.logging.disable_progress_bar()  # loading bars; downloads keep huggingface_hub's
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_loading()
     kwargs = {}
     if sender_only:
         # a sender (or a decoder without diffusion) needs the VAE and the codec, nothing of the diffusion decoder
@@ -374,6 +381,7 @@ def _cmd_evaluate(args) -> int:
     # when every model is the bundled one
     own = models[0] if models and all(m.name == BUNDLED_MODEL for m in models) else _Model("", "")
     settings = _decode_settings(args, own)
+    _quiet_loading()
 
     from datetime import timedelta
 
@@ -507,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="on an error, print the traceback too")
     parser = _Parser(prog="slim", description="SLIM: low-bitrate image compression for machines",
-                                     epilog="Exit status: 0 done, 2 a mistake in the inputs (one line each on "
-                                     "stderr), 1 anything else, 130 interrupted.")
+                                     epilog="Exit status: 0 done, 2 a mistake in the inputs or a named error (one "
+                                     "line each on stderr), 1 anything else, 130 interrupted.")
     parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = (f"the SLIM model: a folder written by SLIMPipeline.save_pretrained, a Hub id (owner/name), or "
@@ -636,8 +644,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     _configure_runtime()
-    from .errors import SLIMBitstreamError, SLIMModelMismatchError
-
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -647,7 +653,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for message in err.messages:
             print(f"error: {_one_line(message)}", file=sys.stderr)
         return 2
-    except (SLIMBitstreamError, SLIMModelMismatchError) as err:
+    except ValueError as err:  # the package's named errors (SLIMBitstreamError, EvaluationSetupError, ...) say what to do
         _traceback(debug)
         print(f"error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return 2
