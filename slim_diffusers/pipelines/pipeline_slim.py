@@ -42,8 +42,8 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Images of this many pixels or more go through the VAE in overlapping tiles (diffusers' tiled encode and decode)
 # unless tiling is switched off: the VAE's attention costs the square of the latent's area and its
 # full-resolution activations grow with the image. With the bundled toy VAE on CPU, 256-pixel tiles already
-# decode a 512×512 image twice as fast as one pass, and a 1024×1024 one 3.6× as fast in a fifth of the added
-# memory (benchmarks/large_images.py; README "Large images").
+# take a 512×512 image through the VAE faster than one pass (2.4 s against 3.2 s), and a 1024×1024 one 3.4× as
+# fast in a quarter of the added memory (benchmarks/large_images.py --vae-tiling off; README "Large images").
 VAE_TILING_MIN_PIXELS = 512 * 512
 # The smallest tile side in pixels; the VAE's own `sample_size` when that is larger (768 for SD 2.1's VAE).
 VAE_MIN_TILE_SIZE = 256
