@@ -12,7 +12,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["slim_diffusers", "slim_diffusers.*"]),
-    include_package_data=True,
+    # the packages sit at the top of the checkout: saying so lets an editable install (make) use a plain .pth file,
+    # without setuptools' notice about same-named folders that its import-hook strategy prints
+    package_dir={"": "."},
+    # data files by explicit globs only: include_package_data would also take them from the sdist manifest and warn
+    # that each data folder ("slim_diffusers.assets.toy.slim.unet", ...) looks like a package left out
     package_data={"slim_diffusers": ["assets/**/*", "hub_cards/*.md"]},
     python_requires=">=3.10",
     install_requires=[

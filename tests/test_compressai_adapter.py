@@ -1,6 +1,8 @@
 """Every CompressAI internal that slim_diffusers/coding/_compressai.py relies on, checked against the installed
 CompressAI: an upgrade that changes one fails here, by name, before it can change a byte."""
 
+import math
+
 import compressai
 import pytest
 import torch
@@ -70,3 +72,44 @@ def test_cdf_buffers_carry_the_names_the_load_hook_resizes(model):
     assert set(_compressai.CDF_BUFFERS) >= {"_quantized_cdf", "_offset", "_cdf_length"}
     assert model.quantized_cdf is model._quantized_cdf and model.offset is model._offset
     assert model.cdf_length is model._cdf_length
+
+
+def _cheapest_stream(model, n: int, escape: bool) -> bytes:
+    """n symbols of the likeliest regular entry (or of the escape entry) of any of ``model``'s tables."""
+    from compressai.ans import BufferedRansEncoder
+
+    cdfs, lengths, offsets = _compressai.cdf_tables(model)
+    last = {True: lambda n_: [n_ - 2], False: lambda n_: range(n_ - 2)}[escape]
+    _, row, entry = max((cdfs[r][j + 1] - cdfs[r][j], r, j) for r in range(len(cdfs)) for j in last(lengths[r]))
+    encoder = BufferedRansEncoder()
+    encoder.encode_with_indexes([entry + offsets[row]] * n, [row] * n, cdfs, lengths, offsets)
+    return encoder.flush()
+
+
+@pytest.mark.parametrize("kind", ["entropy_bottleneck", "gaussian_conditional"])
+def test_min_stream_bytes_is_below_every_stream_and_close_to_the_cheapest(kind):
+    # the bound must hold for the cheapest streams the coder can write (every symbol the most frequent entry of
+    # a table, or its escape entry), and be tight for the cheaper of the two, or it would refuse nothing
+    torch.manual_seed(0)
+    if kind == "entropy_bottleneck":
+        model = EntropyBottleneck(4).eval()
+        model.update(force=True)
+    else:
+        model = GaussianConditional(None)
+        model.update_scale_table(scale_table(), force=True)
+    for n in (2, 1000, 300_000):
+        sizes = [len(_cheapest_stream(model, n, escape)) for escape in (False, True)]
+        bound = _compressai.min_rans_stream_bytes([(model, n)])
+        assert 8 <= bound <= min(sizes), (n, bound, sizes)
+        assert min(sizes) - bound <= 8 + 1e-3 * min(sizes), (n, bound, sizes)
+
+
+def test_min_symbol_bits_counts_the_bypass_bits_of_an_escape():
+    eb = EntropyBottleneck(3).eval()
+    eb.update(force=True)
+    cdf, lengths = eb.quantized_cdf.long(), eb.cdf_length.long()
+    freqs = [(cdf[r, 1 : lengths[r]] - cdf[r, : lengths[r] - 1]).tolist() for r in range(len(lengths))]
+    regular = max(max(f[:-1]) for f in freqs)
+    escape = max(f[-1] for f in freqs)
+    expected = min(16 - math.log2(regular), 16 - math.log2(escape) + 4)
+    assert _compressai.min_symbol_bits(eb) == pytest.approx(expected)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.decompressor import SLIMDecompressor
+from ..utils.file_utils import write_atomically
 
 
 @torch.no_grad()
@@ -78,6 +79,8 @@ def draw_bit_allocation(image, bits: torch.Tensor, path, stride: int, title: str
     ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return per_pixel

@@ -273,6 +273,19 @@ class SLIMLatentCodec(LatentCodec):
         y_channels = sum(self.groups)
         return y_channels * zh * s * zw * s + self.hyper_codec.entropy_bottleneck.channels * zh * zw
 
+    def min_payload_bytes(self, z_size: Tuple[int, int]) -> int:
+        """The fewest bytes a payload written by :meth:`compress` can have for a hyper-latent of size ``z_size``:
+        every symbol costs at least the bits of the likeliest entry of its model's tables
+        (:func:`_compressai.min_rans_stream_bytes` derives the bound). ``decompress`` refuses shorter payloads
+        before decoding anything, so a file of a few bytes cannot make the decoder work through a large image."""
+        zh, zw = z_size
+        yh, yw = zh * self.hyper_stride, zw * self.hyper_stride
+        eb = self.hyper_codec.entropy_bottleneck
+        counts = [(eb, eb.channels * zh * zw)]
+        for k, g in enumerate(self.groups):
+            counts.append((self.latent_codec.latent_codec[f"y{k}"].latent_codec["y"].gaussian_conditional, g * yh * yw))
+        return _compressai.min_rans_stream_bytes(counts)
+
     # ------------------------------------------------------------------------------------------- verbs
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> Dict[str, Any]:
         """``{"y_hat", "z_hat", "likelihoods": {"y", "z"}}``; see the module docstring for the two modes."""
@@ -308,6 +321,14 @@ class SLIMLatentCodec(LatentCodec):
         (payloads,) = strings
         z_size = (int(shape[0]), int(shape[1]))
         num_symbols = self.num_symbols(z_size)
+        min_bytes = self.min_payload_bytes(z_size)
+        for payload in payloads:
+            if len(payload) < min_bytes:
+                raise SLIMBitstreamError(
+                    f"corrupt payload: {len(payload)} bytes cannot hold the {num_symbols} symbols of a "
+                    f"{z_size[0]}×{z_size[1]} hyper-latent (this model writes at least {min_bytes}); the file is "
+                    "damaged or does not belong to this model"
+                )
         items = [self._code_item(_RansReader(payload, num_symbols), z_size=z_size) for payload in payloads]
         return {"y_hat": torch.cat([i["y_hat"] for i in items]), "z_hat": torch.cat([i["z_hat"] for i in items])}
 

@@ -7,6 +7,7 @@ The stages follow diffusers' ControlNet and img2img pipelines: ``check_inputs`` 
 ``maybe_free_model_hooks``.
 """
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -24,7 +25,7 @@ from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPToken
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..coding.bitstream import MAX_SIDE, SLIMBitstream
+from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit
 from ..coding.latents import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
 from ..models.compressor import SLIMCompressor
@@ -37,6 +38,15 @@ from ..utils.image_utils import ImageInput, image_size, to_rgb_list
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# Images of this many pixels or more go through the VAE in overlapping tiles (diffusers' tiled encode and decode)
+# unless tiling is switched off: the VAE's attention costs the square of the latent's area and its
+# full-resolution activations grow with the image. With the bundled toy VAE on CPU, 256-pixel tiles already
+# take a 512×512 image through the VAE faster than one pass (2.4 s against 3.2 s), and a 1024×1024 one 3.4× as
+# fast in a quarter of the added memory (benchmarks/large_images.py --vae-tiling off; README "Large images").
+VAE_TILING_MIN_PIXELS = 512 * 512
+# The smallest tile side in pixels; the VAE's own `sample_size` when that is larger (768 for SD 2.1's VAE).
+VAE_MIN_TILE_SIZE = 256
 
 
 def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device, dtype) -> torch.Tensor:
@@ -143,6 +153,8 @@ class SLIMPipeline(DiffusionPipeline):
         # sizes are kept, not resized: the pipeline pads to the VAE's stride and crops back
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
         self._warned: set = set()
+        self._vae_tiling: Union[str, bool] = "auto"
+        self._vae_tile_size: Optional[int] = None
 
     # ------------------------------------------------------------------------------------- construction
     @classmethod
@@ -190,6 +202,52 @@ class SLIMPipeline(DiffusionPipeline):
             decompressor=decompressor,
         )
 
+
+    # ------------------------------------------------------------------------------------------ VAE tiles
+    def enable_vae_tiling(self, tile_size: Optional[int] = None) -> None:
+        """Encode and decode every image larger than one tile in overlapping tiles (diffusers' tiled VAE), whatever
+        its size. ``tile_size``: tile side in pixels, a multiple of 4 × the VAE's stride (default:
+        :meth:`vae_tile_size`). By default (before this is called) only images of ``VAE_TILING_MIN_PIXELS``
+        (512 × 512) pixels or more are tiled."""
+        if tile_size is not None and (tile_size <= 0 or tile_size % (4 * self.vae_scale_factor)):
+            raise ValueError(
+                f"tile_size must be a positive multiple of {4 * self.vae_scale_factor} (4 × the VAE's stride), got {tile_size}"
+            )
+        self._vae_tiling, self._vae_tile_size = True, tile_size
+
+    def disable_vae_tiling(self) -> None:
+        """Never tile: every image goes through the VAE whole (memory grows with the image, attention with its square)."""
+        self._vae_tiling = False
+
+    def vae_tile_size(self) -> int:
+        """Tile side in pixels: the one given to :meth:`enable_vae_tiling`, else the VAE's ``sample_size`` (what
+        diffusers tiles with) but at least ``VAE_MIN_TILE_SIZE``; tiles of 64 pixels (the toy VAE's training size)
+        would cost more in overlap than they save."""
+        if self._vae_tile_size is not None:
+            return self._vae_tile_size
+        sample_size = self.vae.config.sample_size
+        sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else int(sample_size)
+        unit = 4 * self.vae_scale_factor  # tiles overlap by a quarter, in whole latent positions
+        return -(-max(sample_size, VAE_MIN_TILE_SIZE) // unit) * unit
+
+    @contextlib.contextmanager
+    def _vae_tiles(self, height: int, width: int):
+        """Set the VAE's tiling for one image of ``height × width`` pixels, and restore it after."""
+        vae = self.vae
+        tiling = self._vae_tiling
+        if tiling == "auto":
+            if vae.use_tiling:  # tiling switched on by the user with `pipe.vae.enable_tiling()`: theirs to decide
+                yield
+                return
+            tiling = height * width >= VAE_TILING_MIN_PIXELS
+        saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size)
+        tile = self.vae_tile_size()
+        vae.use_tiling = bool(tiling)
+        vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // self.vae_scale_factor
+        try:
+            yield
+        finally:
+            vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
 
     # --------------------------------------------------------------------------------------------- inputs
     def check_inputs(
@@ -265,7 +323,8 @@ class SLIMPipeline(DiffusionPipeline):
             s = self.vae_scale_factor
             pixels = F.pad(pixels, (0, (-w) % s, 0, (-h) % s), mode="replicate")
             # the posterior mean, not a sample: compression must be deterministic
-            latents.append(self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor)
+            with self._vae_tiles(h, w):
+                latents.append(self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor)
         return latents
 
     def roi_masks(
@@ -350,7 +409,9 @@ class SLIMPipeline(DiffusionPipeline):
         return bitstreams
 
     # ----------------------------------------------------------------------------------------- receiver
-    def _load_bitstreams(self, bitstreams) -> List[SLIMBitstream]:
+    def _load_bitstreams(self, bitstreams, max_pixels: Optional[int] = None) -> List[SLIMBitstream]:
+        """Parse, then check every header against the pixel limit and this pipeline's model, before anything is
+        decoded or allocated."""
         if isinstance(bitstreams, (SLIMBitstream, bytes, bytearray)):
             bitstreams = [bitstreams]
         out = [b if isinstance(b, SLIMBitstream) else SLIMBitstream.from_bytes(b) for b in bitstreams]
@@ -358,9 +419,11 @@ class SLIMPipeline(DiffusionPipeline):
             raise ValueError("no bitstreams to decode")
         expected = self.decompressor.fingerprint()
         for i, bs in enumerate(out):
+            name = f"bitstream {i}" if len(out) > 1 else "the bitstream"
+            check_decode_limit(bs, max_pixels, name=name)
             if bs.fingerprint != expected:
                 raise SLIMModelMismatchError(
-                    f"bitstream {i} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
+                    f"{name} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
                     f"is model {expected.hex()}; decode it with the pipeline that wrote it"
                 )
         return out
@@ -478,7 +541,9 @@ class SLIMPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor, bitstream: SLIMBitstream) -> torch.Tensor:
         """VAE-decoded pixels in [-1, 1] of one (padded) latent, cropped to the bitstream's image size."""
         latents = latents.to(device=self._execution_device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
-        return self.vae.decode(latents, return_dict=False)[0][..., : bitstream.height, : bitstream.width]
+        with self._vae_tiles(bitstream.height, bitstream.width):
+            decoded = self.vae.decode(latents, return_dict=False)[0]
+        return decoded[..., : bitstream.height, : bitstream.width]
 
     @torch.no_grad()
     def decompress(
@@ -496,6 +561,7 @@ class SLIMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["SLIMPipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        max_pixels: Optional[int] = None,
     ):
         """Decode bitstreams to images.
 
@@ -515,9 +581,12 @@ class SLIMPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the enhanced latents, uncropped).
             callback_on_step_end: ``fn(pipeline, step, timestep, tensors) -> dict`` after every step; it may
                 return a replacement for ``latents``.
+            max_pixels: refuse (:class:`~slim_diffusers.SLIMDecodeLimitError`) bitstreams whose image has more
+                pixels; ``None`` uses ``slim_diffusers.coding.bitstream.MAX_IMAGE_PIXELS`` (4096 × 4096). The
+                limit is checked on the headers, before anything is decoded.
         """
         self._require("decompressor", action="decompress()")
-        bitstreams = self._load_bitstreams(bitstreams)
+        bitstreams = self._load_bitstreams(bitstreams, max_pixels)
         self.check_inputs(
             bitstreams=bitstreams,
             num_inference_steps=num_inference_steps,
@@ -609,6 +678,7 @@ class SLIMPipeline(DiffusionPipeline):
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_pixels=MAX_SIDE * MAX_SIDE,  # the caller's own images: no decoding limit beyond the format's
         ).images
         bpp = [bs.bits_per_pixel for bs in bitstreams]
         if not return_dict:

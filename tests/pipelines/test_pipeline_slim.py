@@ -290,3 +290,39 @@ def test_pipeline_loop_and_training_loss_share_one_denoiser_step(pipe):
     assert pipeline_slim.controlled_noise_prediction is controlnet_module.controlled_noise_prediction
     for module in (losses, pipeline_slim):
         assert "down_block_additional_residuals" not in inspect.getsource(module)
+
+
+# ------------------------------------------------------------------------------------------- large images
+def test_large_images_go_through_the_vae_in_tiles(images):
+    from unittest import mock
+
+    from slim_diffusers.pipelines.pipeline_slim import VAE_TILING_MIN_PIXELS
+
+    pipe = tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_tile_size() == 256  # the tiny VAE's sample_size is 64: tiles are at least VAE_MIN_TILE_SIZE
+    large = PIL.Image.fromarray(np.random.default_rng(2).integers(0, 256, (500, 600, 3), dtype=np.uint8))
+    assert 500 * 600 > VAE_TILING_MIN_PIXELS >= 32 * 40
+
+    def run(image):
+        vae = pipe.vae
+        with mock.patch.object(vae, "_tiled_encode", wraps=vae._tiled_encode) as enc, \
+                mock.patch.object(vae, "tiled_decode", wraps=vae.tiled_decode) as dec:
+            (bs,) = pipe.compress(image, captions="x")
+            out = pipe.decompress(bs, use_diffusion=False, output_type="np").images
+        return bs, out, enc.call_count + dec.call_count
+
+    bs_auto, out_auto, tiled = run(large)
+    assert tiled == 2 and out_auto.shape == (1, 500, 600, 3)
+    assert not pipe.vae.use_tiling and pipe.vae.tile_sample_min_size == 64  # the VAE's own settings are restored
+    assert run(images[0])[2] == 0  # small images are coded whole
+
+    pipe.disable_vae_tiling()
+    bs_whole, out_whole, tiled = run(large)
+    assert tiled == 0 and out_whole.shape == out_auto.shape and bs_whole.payload != bs_auto.payload
+
+    pipe.enable_vae_tiling(tile_size=128)
+    assert pipe.vae_tile_size() == 128 and run(images[0])[2] == 0  # 40×32 fits in one tile
+    assert run(large)[2] == 2
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pipe.enable_vae_tiling(tile_size=100)
