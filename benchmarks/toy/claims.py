@@ -1,7 +1,7 @@
 """The paper's claims measured on toy world v2, each with a 95 % interval and a verdict decided by a rule
 written down before the run (below), and the results files.
 
-Claims and their rules (ResNet, the classifier SLIM trained with, decides; the ConvNeXt it never saw is
+Claims and their rules (ResNet, the classifier SLIM trained with, decides; the MobileNetV2 it never saw is
 reported beside it):
 
 1. **RoI-focused training** concentrates the bits on the target and lowers the rate at equal accuracy.
@@ -137,7 +137,7 @@ def measure(work: Path, cfg, models: dict, report: dict, rate_label: Callable[[f
 
     rows = latest_rows(work / "eval")
     classifiers = report["classifiers"]
-    resnet, convnext = classifiers
+    resnet, _never_seen = classifiers
     reps = cfg.bootstrap_replicates
     summary = statistics.summarize_with_intervals(rows, classifiers)
     codecs = list(summary)
@@ -255,7 +255,7 @@ def write_results(work: Path, res: Path, results: dict) -> None:
     curves = [c for c in MAIN_CURVES if c in summary]
     statistics.plot_rate_accuracy_bands(summary, classifiers, res / "rate_accuracy.png", codecs=curves,
                                         titles=dict(zip(classifiers, ["ResNet (RoI masks, task loss, evaluation)",
-                                                                      "ConvNeXt (never seen in training)"])))
+                                                                      "MobileNetV2 (never seen in training)"])))
     (res / "bd_rate.md").write_text(statistics.bd_table_with_intervals(bd))
     shutil.copy(work / "eval" / "summary.json", res / "harness_summary.json")
     print(f"results in {res}", flush=True)

@@ -119,8 +119,17 @@ def train_vae(out: Path, steps: int = 1000, batch: int = 16, lr: float = 1e-3, k
 # ---------------------------------------------------------------------------------------------- classifier
 def build_classifier(arch: str):
     """The toy stand-ins for the paper's two classifiers: "resnet" (ResNet-50: Grad-CAM masks, the stage-2
-    task loss and evaluation) and "convnext" (ConvNeXt-T: evaluation only, never seen in training)."""
-    from transformers import ConvNextConfig, ConvNextForImageClassification, ResNetConfig, ResNetForImageClassification
+    task loss and evaluation) and "mobilenet" (for ConvNeXt-T: a classifier of another family, used for evaluation
+    only, never seen in training). "convnext" is the ConvNeXt that was tried first for that role: it did not
+    learn this world in the budget (13.2% top-1 on clean images after 1500 steps) and is kept for the record."""
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        MobileNetV2Config,
+        MobileNetV2ForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+    )
 
     _, processor = tiny_classifier(num_labels=len(toy_world.CLASS_NAMES), image_size=IMAGE_SIZE)
     labels = dict(enumerate(toy_world.CLASS_NAMES))
@@ -135,13 +144,17 @@ def build_classifier(arch: str):
         model = ConvNextForImageClassification(ConvNextConfig(
             patch_size=2, layer_scale_init_value=0.0, num_stages=3, hidden_sizes=[32, 64, 128], depths=[1, 1, 2],
             **common))
+    elif arch == "mobilenet":
+        # inverted residuals, depthwise convolutions, ReLU6: another family than the ResNet's
+        model = MobileNetV2ForImageClassification(MobileNetV2Config(
+            image_size=IMAGE_SIZE, depth_multiplier=0.5, classifier_dropout_prob=0.0, **common))
     else:
         raise ValueError(f"unknown classifier architecture {arch!r}")
     return model, processor
 
 
-# ConvNeXt (LayerNorm, no batch statistics) learns the toy world more slowly than the ResNet
-CLASSIFIER_LR = {"resnet": 2e-3, "convnext": 1e-3}
+# ConvNeXt (LayerNorm, no batch statistics) learns the toy world much more slowly than the batch-normalised nets
+CLASSIFIER_LR = {"resnet": 2e-3, "convnext": 1e-3, "mobilenet": 2e-3}
 
 
 def train_classifier(out: Path, arch: str = "resnet", steps: int = 600, batch: int = 64, lr: float = None) -> Dict:
@@ -341,12 +354,12 @@ def vae_ceiling(vae_dir: Path, classifier_dir: Path, n: int = 500) -> Dict:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    """``python foundation.py {vae,resnet,convnext,ldm} OUT [--steps N] [--vae DIR]``: one model per process, so
+    """``python foundation.py {vae,resnet,mobilenet,convnext,ldm} OUT [--steps N] [--vae DIR]``: one model per process, so
     that the toy run can train two at once, one thread each."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("model", choices=["vae", "resnet", "convnext", "ldm"])
+    parser.add_argument("model", choices=["vae", "resnet", "mobilenet", "convnext", "ldm"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--vae", type=Path, help="the trained VAE (ldm only)")

@@ -8,7 +8,7 @@ The world (``slim_diffusers/toy_world.py``): 96Â² images, 20 classes = 5 kinds Ã
 plain distractors on a costly background, captions that name the kind only. Stages, each cached under
 ``--work-dir`` (an interrupted run resumes; training jobs also resume from their last checkpoint):
 
-1. foundation models (``foundation.py``): VAE, classifiers (ResNet: Grad-CAM, task loss, evaluation; ConvNeXt:
+1. foundation models (``foundation.py``): VAE, classifiers (ResNet: Grad-CAM, task loss, evaluation; MobileNetV2:
    evaluation only) and a text-conditional latent diffusion model saved as a ``StableDiffusionPipeline``;
 2. data: SLIM's training set through ``training/prepare_dataset.py`` (Grad-CAM masks of the ResNet, the coarse
    captions), and the held-out test set;
@@ -79,7 +79,7 @@ class ToyConfig:
     num_train: int = 3000
     num_test: int = 1000
     num_bitmap_images: int = 200
-    foundation_steps: Tuple[Tuple[str, int], ...] = (("vae", 800), ("resnet", 1200), ("convnext", 1500), ("ldm", 2000))
+    foundation_steps: Tuple[Tuple[str, int], ...] = (("vae", 800), ("resnet", 1200), ("mobilenet", 1500), ("ldm", 2000))
     ldm_pool: int = 8000
     eval_batch: int = 50
     bootstrap_replicates: int = 1000
@@ -90,13 +90,13 @@ SMOKE = ToyConfig(
     slim_stage2=(2, 4, 3e-4), decode=(("num_inference_steps", 2), ("strength", 0.5), ("seed", 0)),
     steps_ablation=(1,), baseline_qualities=(5, 50),
     num_train=24, num_test=6, num_bitmap_images=3,
-    foundation_steps=(("vae", 2), ("resnet", 2), ("convnext", 2), ("ldm", 2)), ldm_pool=16, eval_batch=4,
+    foundation_steps=(("vae", 2), ("resnet", 2), ("mobilenet", 2), ("ldm", 2)), ldm_pool=16, eval_batch=4,
     bootstrap_replicates=20,
 )
-CLASSIFIERS = ("resnet", "convnext")
+CLASSIFIERS = ("resnet", "mobilenet")
 # which jobs belong to which stage, for the stage wall times of the runs that did the work
 STAGE_JOBS = {"foundation": "foundation/", "data": "data/", "slim": "slim/", "learned baselines": "learned/",
-              "evaluation": "evaluate"}  # stand-ins for ResNet-50 (used in training) and ConvNeXt-T (never seen)
+              "evaluation": "evaluate"}  # stand-ins for ResNet-50 (used in training) and ConvNeXt-T (never seen; a MobileNetV2 here)
 _LOG_LOCK = threading.Lock()
 
 
@@ -164,10 +164,10 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
     run_chains({
         "vae+ldm": [job("vae"), Job("foundation/ldm", [sys.executable, script, "ldm", f / "sd", "--steps", steps["ldm"],
                                                           "--vae", f / "vae", "--pool", cfg.ldm_pool], f / "sd" / "toy_done.json")],
-        "classifiers": [job("resnet"), job("convnext")],
+        "classifiers": [job("resnet"), job("mobilenet")],
     }, work, timings)
     info = {name: json.loads((f / folder / "toy_done.json").read_text())
-            for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("convnext", "convnext"), ("ldm", "sd"))}
+            for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("mobilenet", "mobilenet"), ("ldm", "sd"))}
     check = f / "sd" / "text_to_image.json"
     if not check.is_file():
         result = foundation.text_to_image_accuracy(f / "sd", f / "resnet", per_class=8 if cfg is not SMOKE else 1,
