@@ -332,9 +332,10 @@ class IntegerSequential(nn.Sequential):
         for conv in self.convs():
             conv.observed_input_max = 0.0
         self.output_quantizer.observed_max = 0.0
+        dtype = self.convs()[0].weight.dtype
         try:
             for x in inputs:
-                self(x)
+                self(x.to(dtype))
         finally:
             for m in observers:
                 m.observing, m.fake_quant = False, True

@@ -1,0 +1,252 @@
+"""Integer networks: the same integers on every evaluation path, close to the float networks they replace."""
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from slim_diffusers.integer_networks import (
+    ExactGaussianParameters,
+    ExactSequential,
+    IntegerConfig,
+    IntegerRangeError,
+    IntegerSequential,
+    fake_quantize,
+    reconstruct,
+    to_fixed_point,
+)
+from slim_diffusers.models.decompressor import scale_table
+from slim_diffusers.testing import tiny_codec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _inputs(name: str, batch: int, seed: int) -> torch.Tensor:
+    """Inputs shaped and scaled like what each network sees in coding (tiny config: M=32, N=16, g=4)."""
+    gen = torch.Generator().manual_seed(seed)
+    if name == "h_s":  # ẑ = symbol + median
+        return torch.round(torch.randn(batch, 16, 3, 4, generator=gen) * 4) + 0.37
+    if name in ("cc", "ctx"):  # ŷ = symbol + exact mean
+        symbols = torch.round(torch.randn(batch, 4, 6, 8, generator=gen) * 3)
+        y = reconstruct(symbols, torch.randn(batch, 4, 6, 8, generator=gen).mul(4096).round() / 4096)
+        if name == "ctx":
+            anchor = (torch.arange(6).view(-1, 1) + torch.arange(8)) % 2 == 0
+            y = y * anchor
+        return y
+    return torch.randn(batch, 80, 24, 1, generator=gen) * 2  # parameter aggregation: ctx, channel context, hyper
+
+
+def _float_networks():
+    _, dec = tiny_codec(seed=0)
+    cb = dec.latent_codec.latent_codec["y1"]
+    return dec, {
+        "h_s": dec.hyper_codec.h_s,
+        "cc": dec.latent_codec.channel_context["y1"],
+        "ctx": cb.context_prediction,
+        "ep": cb.entropy_parameters,
+    }
+
+
+def _convert(config=IntegerConfig()):
+    dec, nets = _float_networks()
+    head = ExactGaussianParameters.from_gaussian_conditional(
+        dec.latent_codec.latent_codec["y1"].latent_codec["y"].gaussian_conditional
+    )
+    qat, exact = {}, {}
+    for name, net in nets.items():
+        kwargs = {"output_frac_bits": head.output_frac_bits(8)} if name == "ep" else {}
+        qat[name] = IntegerSequential.from_float(net, config, **kwargs).calibrate([_inputs(name, 2, s) for s in range(3)])
+        exact[name] = qat[name].to_exact()
+    return nets, qat, exact, head
+
+
+@pytest.fixture(scope="module")
+def converted():
+    return _convert()
+
+
+NAMES = ("h_s", "cc", "ctx", "ep")
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.long().contiguous().numpy().tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("name", NAMES)
+def test_same_integers_across_threads_batches_layouts_and_onednn(converted, name):
+    exact = converted[2][name]
+    x = _inputs(name, 3, seed=7)
+    ref = exact(x, return_integers=True)
+    torch.set_num_threads(1)
+    assert torch.equal(exact(x, return_integers=True), ref)
+    torch.set_num_threads(2)
+    items = torch.cat([exact(x[i : i + 1], return_integers=True) for i in range(3)])
+    assert torch.equal(items, ref)
+    assert torch.equal(exact(x.contiguous(memory_format=torch.channels_last), return_integers=True), ref)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(exact(x, return_integers=True), ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_and_int64_evaluation_agree(converted, name):
+    exact = converted[2][name]
+    x = _inputs(name, 2, seed=11)
+    as_float = exact(x, return_integers=True)
+    as_int = exact(x, backend="int64", return_integers=True)
+    assert torch.equal(as_float, as_int)
+    values = exact(x)
+    assert values.dtype == torch.float64
+    assert torch.equal(values * torch.exp2(exact.output_frac_bits.double()).view(1, -1, 1, 1), as_float.double())
+
+
+def test_default_size_layers_are_exact_beyond_float32():
+    # h_s of the default model (N=192, M=320) on a 4×4 hyper-latent: accumulators far beyond float32's
+    # 2^24, multithreaded BLAS blocking; float64 must still agree with int64 to the last integer
+    from compressai.models.utils import conv, deconv
+
+    torch.manual_seed(0)
+    h_s = torch.nn.Sequential(
+        deconv(192, 192, 5, 2), torch.nn.ReLU(), deconv(192, 288, 5, 2), torch.nn.ReLU(), conv(288, 640, 3, 1)
+    )
+    z = torch.round(torch.randn(2, 192, 4, 4) * 3) + 0.25
+    exact = IntegerSequential.from_float(h_s).calibrate([z]).to_exact()
+    assert max(exact.check_bounds()) > 30
+    ref = exact(z, backend="int64", return_integers=True)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        assert torch.equal(exact(z, return_integers=True), ref)
+        assert torch.equal(exact(z[1:], return_integers=True), ref[1:])
+    torch.set_num_threads(2)
+
+
+def test_checkerboard_context_at_positions_equals_full_convolution(converted):
+    exact = converted[2]["ctx"]
+    x = _inputs("ctx", 2, seed=3)
+    non_anchor = (torch.arange(6).view(-1, 1) + torch.arange(8)) % 2 == 1
+    full = exact(x, return_integers=True)[:, :, non_anchor]
+    assert torch.equal(exact.forward_at(x, non_anchor, return_integers=True), full)
+    assert torch.equal(exact.forward_at(x, non_anchor, backend="int64", return_integers=True), full)
+    assert torch.equal(exact.forward_at(x, ~non_anchor, return_integers=True), exact(x, return_integers=True)[:, :, ~non_anchor])
+
+
+def test_fresh_process_computes_the_same_integers(converted):
+    expected = {name: _digest(converted[2][name](_inputs(name, 2, seed=5), return_integers=True)) for name in NAMES}
+    script = textwrap.dedent(
+        """
+        import torch
+        from tests.test_integer_networks import NAMES, _convert, _digest, _inputs
+        torch.set_num_threads(1)
+        exact = _convert()[2]
+        for name in NAMES:
+            print(name, _digest(exact[name](_inputs(name, 2, seed=5), return_integers=True)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    got = dict(line.split() for line in out.stdout.strip().splitlines())
+    assert got == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_computes_the_same_integers(converted, name):
+    exact = converted[2][name]
+    x = _inputs(name, 2, seed=13)
+    ref = exact(x, return_integers=True)
+    on_gpu = exact.to("cuda")(x.cuda(), return_integers=True).cpu()
+    exact.to("cpu")
+    assert torch.equal(on_gpu, ref)
+
+
+def test_state_dict_round_trip(converted):
+    nets, _, exact, _ = converted
+    for name in NAMES:
+        fresh = ExactSequential.empty_like(nets[name])
+        fresh.load_state_dict(exact[name].state_dict())
+        x = _inputs(name, 1, seed=2)
+        assert torch.equal(fresh(x), exact[name](x))
+        assert all(not t.is_floating_point() for t in exact[name].state_dict().values())
+
+
+def test_accumulator_bounds_are_checked():
+    bounds = _convert()[2]["cc"].check_bounds()
+    assert all(b < 53 for b in bounds)
+    wide = IntegerConfig(weight_bits=24, activation_bits=24, input_bits=24, output_bits=24)
+    with pytest.raises(IntegerRangeError, match="2\\^53"):
+        _convert(wide)
+
+
+def test_negative_shifts_multiply_exactly():
+    # an output format finer than the accumulator forces a left shift; both backends must agree
+    _, nets = _float_networks()
+    net = IntegerSequential.from_float(nets["cc"], output_frac_bits=torch.full((8,), 40)).calibrate([_inputs("cc", 2, 0)])
+    exact = net.to_exact()
+    assert (exact.layers[-1].shift < 0).any()
+    x = _inputs("cc", 2, seed=1)
+    assert torch.equal(exact(x, return_integers=True), exact(x, backend="int64", return_integers=True))
+
+
+# ------------------------------------------------------------------------------------------- accuracy
+@pytest.mark.parametrize("name", NAMES)
+def test_conversion_stays_close_to_the_float_network(converted, name):
+    nets, qat, exact, _ = converted
+    x = _inputs(name, 2, seed=21)
+    with torch.no_grad():
+        reference = nets[name](x.float()).double()
+        fake = qat[name](x.float()).double()
+    integer = exact[name](x)
+    rel = float((integer - reference).abs().max() / reference.abs().max())
+    print(f"{name}: max |integer - float| / max |float| = {rel:.2e}")
+    assert rel < 5e-3
+    # the quantization-aware forward is the integer network up to float32 rounding
+    assert float((fake - integer).abs().max() / reference.abs().max()) < 1e-3
+
+
+def test_quantization_aware_training_has_gradients(converted):
+    qat = converted[1]["cc"]
+    x = _inputs("cc", 2, seed=4).float().requires_grad_()
+    qat.zero_grad()
+    qat(x).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in qat.parameters())
+    assert x.grad.abs().sum() > 0
+
+
+def test_float_checkpoint_loads_into_the_quantization_aware_twin():
+    _, nets = _float_networks()
+    qat = IntegerSequential.from_float(nets["h_s"])
+    missing, unexpected = qat.load_state_dict(nets["h_s"].state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(("frac_bits", "_min", "_max", ".min", ".max")) for k in missing)
+
+
+def test_fake_quantize_rounds_half_up_and_saturates():
+    x = torch.tensor([-2.5, -0.5, 0.5, 2.5, 100.0, -100.0])
+    q = fake_quantize(x, torch.tensor(0), torch.tensor(-8), torch.tensor(7))
+    assert q.tolist() == [-2.0, 0.0, 1.0, 3.0, 7.0, -8.0]
+
+
+# ---------------------------------------------------------------------------------- entropy parameters
+def test_indexes_match_compressai_semantics():
+    table = scale_table()
+    head = ExactGaussianParameters(table, 0.11, mean_frac_bits=12, scale_frac_bits=12)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.cat([torch.randint(-100, 2**21, (5000,), generator=gen), head.thresholds, head.thresholds - 1])
+    scales = q.double() / 4096
+    bounded = torch.maximum(scales, torch.tensor(0.11, dtype=torch.float32).double())
+    reference = (table[:-1].double().view(1, -1) < bounded.view(-1, 1)).sum(1)  # exact comparisons in float64
+    assert torch.equal(head.indexes(scales).long(), reference)
+
+
+def test_gaussian_head_splits_means_and_scales(converted):
+    _, _, exact, head = converted
+    params = exact["ep"](_inputs("ep", 1, seed=9))
+    indexes, means = head(params)
+    assert indexes.dtype == torch.int32 and indexes.shape == means.shape == (1, 4, 24, 1)
+    assert 0 <= int(indexes.min()) and int(indexes.max()) <= 63
+    fixed = to_fixed_point(means, 12)
+    assert torch.equal(fixed.double() / 4096, means)
+    y_hat = reconstruct(torch.tensor([3, -7]), means.reshape(-1)[:2])
+    assert torch.equal(y_hat - means.reshape(-1)[:2], torch.tensor([3.0, -7.0], dtype=torch.float64))
