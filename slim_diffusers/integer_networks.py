@@ -39,8 +39,9 @@ At the default widths (12-bit weights and activations) the conversion costs far 
 see ``benchmarks/integer_entropy_probe.py``.
 """
 
+import warnings
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -391,6 +392,92 @@ class IntegerSequential(nn.Sequential):
         return exact
 
 
+# ----------------------------------------------------------------------------------- int8 GEMM backend
+# Any integer splits into balanced base-256 digits in [-128, 127]; a product of digit matrices accumulated
+# in int32 is exact while K·128² < 2^31 (K < 2^17). oneDNN's int8 GEMM (``torch._int_mm`` on CPU) runs
+# 4-10× faster than float32 GEMM, so even weights and activations of two digits each beat float32.
+# Its exactness is a property of the kernel (int32 accumulation without int16 saturation, as with VNNI or
+# AMX), not of the format: it is verified once per GEMM shape with extreme and random operands, and a
+# shape that fails falls back to float64.
+_INT8_VERIFIED: Dict[tuple, bool] = {}
+
+
+def int8_gemm_available(device: Union[str, torch.device] = "cpu") -> bool:
+    """Whether ``backend="int8"`` can run on ``device``: CPU, oneDNN enabled, ``torch._int_mm`` present."""
+    return (
+        torch.device(device).type == "cpu"
+        and hasattr(torch, "_int_mm")
+        and torch.backends.mkldnn.is_available()
+        and torch._C._get_mkldnn_enabled()
+    )
+
+
+def _digit_plan(low: int, high: int) -> Tuple[int, int]:
+    """``(offset, n)``: ``x - offset`` has ``n`` balanced base-256 digits for every ``x`` in ``[low, high]``."""
+    n = 1
+    while True:
+        span = (256**n - 1) // 255  # n digits reach [-128·span, 127·span]
+        first, last = int(high) - 127 * span, int(low) + 128 * span  # admissible offsets
+        if first <= last:
+            return min(max((int(low) + int(high) + 1) // 2, first), last), n
+        n += 1
+
+
+def _weight_digits(w: Tensor) -> int:
+    """Digits of symmetric integer weights without an offset."""
+    n, top = 1, int(w.abs().max()) if w.numel() else 0
+    while top > 127 * (256**n - 1) // 255:
+        n += 1
+    return n
+
+
+def _balanced_digits(v: Tensor, n: int) -> Tensor:
+    """``v = Σ_j d_j·256^j``, ``d_j ∈ [-128, 127]``, for integer-valued float64 ``v``; stacked as int8."""
+    digits = []
+    for _ in range(n - 1):
+        d = torch.remainder(v + 128, 256) - 128
+        digits.append(d)
+        v = (v - d) * (1 / 256)  # exact: v - d is a multiple of 256
+    digits.append(v)
+    return torch.stack(digits).to(torch.int8)
+
+
+def _int8_gemm_is_exact(m: int, k: int, n: int) -> bool:
+    key = (m, k, n, torch.get_num_threads())
+    ok = _INT8_VERIFIED.get(key)
+    if ok is None:
+        ok = True
+        for va, vb in ((127, 127), (-128, 127), (127, -128), (-128, -128)):
+            a = torch.full((m, k), va, dtype=torch.int8)
+            got = torch._int_mm(a, torch.full((k, n), vb, dtype=torch.int8))
+            ok &= bool((got == k * va * vb).all())
+        gen = torch.Generator().manual_seed(m * 1_000_003 + k * 1009 + n)
+        a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        b = torch.randint(-128, 128, (k, n), generator=gen, dtype=torch.int8)
+        ok &= torch.equal(torch._int_mm(a, b).double(), a.double() @ b.double())  # float64: exact below 2^53
+        _INT8_VERIFIED[key] = ok
+        if not ok:
+            warnings.warn(f"int8 GEMM of shape {m}×{k}×{n} is not exact on this machine; using float64 for it")
+    return ok
+
+
+def _int8_product(a_digits: Tensor, b_digits: Tensor, nw: int, nx: int, batch: int) -> Optional[Tensor]:
+    """``Σ_ij 256^(i+j)·A_i·B_j`` as float64 ``(batch, M, L)``.
+
+    ``a_digits``: ``(nw·M, K)`` int8, weight digits stacked along rows; ``b_digits``: ``(K, nx·batch·L)``
+    int8, activation digits and batch items stacked along columns. ``None`` when the GEMM is not exact."""
+    (mm, k), nn_ = a_digits.shape, b_digits.shape[1]
+    if k >= 2**17 or not _int8_gemm_is_exact(mm, k, nn_):
+        return None
+    p = torch._int_mm(a_digits, b_digits).double().view(nw, mm // nw, nx, batch, -1)
+    acc = None
+    for i in range(nw):
+        for j in range(nx):
+            term = p[i, :, j] if i + j == 0 else p[i, :, j] * float(256 ** (i + j))
+            acc = term if acc is None else acc + term
+    return acc.transpose(0, 1)  # (batch, M, L)
+
+
 # ----------------------------------------------------------------------------------------- exact layers
 def _pair(v) -> Tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
@@ -449,8 +536,15 @@ class ExactConv(nn.Module):
         self._cache[(dtype, device)] = (key, d)
         return d
 
-    def accumulate(self, x: Tensor) -> Tensor:
-        """``W∗x`` (without bias) as an exact integer tensor in ``x``'s dtype."""
+    def accumulate(self, x: Tensor, backend: str = "float64", in_range: Optional[Tuple[int, int]] = None) -> Tensor:
+        """``W∗x`` (without bias) as an exact integer tensor in ``x``'s dtype.
+
+        ``backend="int8"`` (``x`` float64, ``in_range`` the bounds of its values) computes with digit
+        GEMMs, falling back to float64 where the int8 GEMM is not verified exact."""
+        if backend == "int8":
+            acc = self._accumulate_int8(x, *in_range)
+            if acc is not None:
+                return acc
         d = self._derived(x.dtype, x.device)
         if self.pointwise:
             b, _, h, w = x.shape
@@ -463,6 +557,53 @@ class ExactConv(nn.Module):
             acc = acc.round()  # identity for exact kernels; repairs transform-domain kernels' sub-½ error
         return acc
 
+    def _int8_weights(self):
+        """Weight digits as GEMM operands (cached): rows ``(digit, out)`` for a convolution, ``(digit, out,
+        tap)`` for a transposed one, and each row's weight sum (for the input offset)."""
+        d = self._derived(torch.float64, self.weight.device)
+        if "int8" not in d:
+            w = self.weight.double()
+            nw = _weight_digits(w)
+            if self.transposed:  # (Cin, Cout, kh, kw) → rows (Cout·kh·kw), columns Cin
+                mat = w.permute(1, 2, 3, 0).reshape(-1, self.in_channels)
+            else:
+                mat = w.reshape(self.out_channels, -1)
+            d["int8"] = (_balanced_digits(mat, nw).reshape(-1, mat.shape[1]).contiguous(), nw, mat.sum(1))
+        return d["int8"]
+
+    def _accumulate_int8(self, x: Tensor, low: int, high: int) -> Optional[Tensor]:
+        if x.dtype != torch.float64 or not int8_gemm_available(x.device):
+            return None
+        a, nw, row_sums = self._int8_weights()
+        offset, nx = _digit_plan(low, high)
+        b = x.shape[0]
+        if self.transposed:
+            h, w = x.shape[-2:]
+            digits = _balanced_digits(x - offset, nx)  # (nx, B, C, H, W)
+            cols = digits.permute(2, 0, 1, 3, 4).reshape(self.in_channels, -1)
+            acc = _int8_product(a, cols, nw, nx, b)
+            if acc is None:
+                return None
+            acc = acc + offset * row_sums.view(1, -1, 1)
+            (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel_size, self.stride, self.padding, self.output_padding
+            size = ((h - 1) * sh - 2 * ph + kh + oh, (w - 1) * sw - 2 * pw + kw + ow)
+            return F.fold(acc, size, self.kernel_size, stride=self.stride, padding=self.padding)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        hp, wp = xp.shape[-2:]
+        ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+        digits = _balanced_digits(xp - offset, nx)  # (nx, B, C, Hp, Wp); padding becomes -offset, as it should
+        digits = digits.reshape(nx * b, self.in_channels, hp, wp).transpose(0, 1)  # (C, nx·B, Hp, Wp)
+        if self.pointwise:
+            cols = digits.reshape(self.in_channels, -1)
+        else:
+            taps = [digits[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] for i in range(kh) for j in range(kw)]
+            cols = torch.stack(taps, dim=1).reshape(self.in_channels * kh * kw, -1)
+        acc = _int8_product(a, cols.contiguous(), nw, nx, b)
+        if acc is None:
+            return None
+        return (acc + offset * row_sums.view(1, -1, 1)).view(b, self.out_channels, ho, wo)
+
     def requantize(self, acc: Tensor) -> Tensor:
         """Add the bias, rescale by ``2^-shift`` rounding half up, clamp. ``acc``: ``(B, C, …)``."""
         d = self._derived(acc.dtype, acc.device)
@@ -474,8 +615,8 @@ class ExactConv(nn.Module):
             out = ((acc << d["left"]) + d["half"]) >> d["right"]
         return out.clamp_(d["low"], d["high"]).reshape(shape)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.requantize(self.accumulate(x))
+    def forward(self, x: Tensor, backend: str = "float64", in_range: Optional[Tuple[int, int]] = None) -> Tensor:
+        return self.requantize(self.accumulate(x, backend, in_range))
 
     def accumulator_bound(self, input_max_abs: int) -> int:
         """Largest magnitude any partial sum, and the rescaling, can reach for inputs ``|x| ≤ input_max_abs``."""
@@ -543,7 +684,7 @@ class ExactSequential(nn.Module):
             raise TypeError(f"unsupported input dtype {x.dtype}")
         q = torch.floor(x.double() * 2.0 ** int(self.input_frac_bits) + 0.5)
         q = q.clamp_(int(self.input_min), int(self.input_max))
-        return q.long() if backend == "int64" else q
+        return q.long() if backend == "int64" else q  # int8 computes on float64 activations
 
     def _output(self, q: Tensor, return_integers: bool) -> Tensor:
         if return_integers:
@@ -551,22 +692,38 @@ class ExactSequential(nn.Module):
         scale = torch.exp2(-self.output_frac_bits.to(q.device).double())
         return q.double() * _channel_view(scale, q.ndim) + 0.0  # + 0.0 turns -0.0 into 0.0
 
-    def forward(self, x: Tensor, *, backend: str = "float64", return_integers: bool = False) -> Tensor:
-        """Evaluate exactly. ``backend``: ``"float64"`` (any device) or ``"int64"`` (reference, CPU)."""
-        if backend not in ("float64", "int64"):
-            raise ValueError(f"backend must be 'float64' or 'int64', got {backend!r}")
+    def _backend(self, backend: str, device: torch.device) -> str:
+        if backend == "auto":
+            return "int8" if int8_gemm_available(device) else "float64"
+        if backend not in ("float64", "int64", "int8"):
+            raise ValueError(f"backend must be 'auto', 'int8', 'float64' or 'int64', got {backend!r}")
+        return backend
+
+    def _input_ranges(self) -> List[Tuple[int, int]]:
+        ranges = [(int(self.input_min), int(self.input_max))]
+        ranges += [(int(layer.out_min), int(layer.out_max)) for layer in self.layers[:-1]]
+        return ranges
+
+    def forward(self, x: Tensor, *, backend: str = "auto", return_integers: bool = False) -> Tensor:
+        """Evaluate exactly; every backend gives the same integers.
+
+        ``backend``: ``"auto"`` (``"int8"`` where available, else ``"float64"``), ``"int8"`` (CPU: int8
+        digit GEMMs with int32 accumulation, verified per shape), ``"float64"`` (any device) or ``"int64"``
+        (reference, CPU)."""
+        backend = self._backend(backend, x.device)
         self._ensure_checked()
         q = self.quantize_input(x, backend)
-        for layer in self.layers:
-            q = layer(q)
+        for layer, in_range in zip(self.layers, self._input_ranges()):
+            q = layer(q, backend, in_range)
         return self._output(q, return_integers)
 
-    def forward_at(self, x: Tensor, mask: Tensor, *, backend: str = "float64", return_integers: bool = False) -> Tensor:
+    def forward_at(self, x: Tensor, mask: Tensor, *, backend: str = "auto", return_integers: bool = False) -> Tensor:
         """Outputs at the positions where ``mask`` (``H × W``, bool) is true, as ``(B, C, P)``.
 
         For one stride-1 convolution (the checkerboard context): only the taps with a non-zero weight and
         only the requested positions are computed, e.g. 12 of 25 taps at half of the positions. Exact
         integers, so the same as ``forward(x)[:, :, mask]``."""
+        backend = self._backend(backend, x.device)
         if len(self.layers) != 1:
             q = self.forward(x, backend=backend, return_integers=True)[:, :, mask]
             return self._output(q, return_integers)
@@ -575,19 +732,35 @@ class ExactSequential(nn.Module):
             raise ValueError("forward_at needs a stride-1 convolution")
         self._ensure_checked()
         q = self.quantize_input(x, backend)
-        (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
-        q = F.pad(q, (pw, pw, ph, ph))
+        (ph, pw), low, high = layer.padding, int(self.input_min), int(self.input_max)
         rows, cols = mask.to(q.device).nonzero(as_tuple=True)
         d = layer._derived(q.dtype, q.device)
         if "taps" not in d:  # the taps some weight uses, and their weights as one matrix
             taps = (layer.weight != 0).any(dim=1).any(dim=0).nonzero().tolist() or [[0, 0]]
             w = torch.stack([d["weight"][:, :, i, j] for i, j in taps], dim=2)  # (Cout, C, T)
             d["taps"], d["tap_weight"] = taps, w.reshape(layer.out_channels, -1)
-        patches = torch.stack([q[:, :, rows + i, cols + j] for i, j in d["taps"]], dim=2)  # (B, C, T, P)
-        b, c, t, p = patches.shape
-        acc = torch.matmul(d["tap_weight"], patches.reshape(b, c * t, p))
-        if acc.is_floating_point():
-            acc = acc.round()
+        acc = None
+        if backend == "int8" and int8_gemm_available(q.device):
+            if "int8_taps" not in d:
+                nw = _weight_digits(d["tap_weight"])
+                d["int8_taps"] = (_balanced_digits(d["tap_weight"], nw).reshape(-1, d["tap_weight"].shape[1]), nw,
+                                  d["tap_weight"].sum(1))
+            a, nw, row_sums = d["int8_taps"]
+            offset, nx = _digit_plan(low, high)
+            b, c = q.shape[:2]
+            digits = _balanced_digits(F.pad(q, (pw, pw, ph, ph)) - offset, nx)  # (nx, B, C, Hp, Wp)
+            digits = digits.reshape(nx * b, c, *digits.shape[-2:]).transpose(0, 1)  # (C, nx·B, Hp, Wp)
+            patches = torch.stack([digits[:, :, rows + i, cols + j] for i, j in d["taps"]], dim=1)  # (C, T, nx·B, P)
+            acc = _int8_product(a, patches.reshape(c * len(d["taps"]), -1), nw, nx, b)
+            if acc is not None:
+                acc = acc + offset * row_sums.view(1, -1, 1)
+        if acc is None:
+            q = F.pad(q, (pw, pw, ph, ph))
+            patches = torch.stack([q[:, :, rows + i, cols + j] for i, j in d["taps"]], dim=2)  # (B, C, T, P)
+            b, c, t, p = patches.shape
+            acc = torch.matmul(d["tap_weight"], patches.reshape(b, c * t, p))
+            if acc.is_floating_point():
+                acc = acc.round()
         return self._output(layer.requantize(acc), return_integers)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slim_diffusers import integer_networks
 from slim_diffusers.integer_networks import (
     ExactGaussianParameters,
     ExactSequential,
@@ -16,6 +17,7 @@ from slim_diffusers.integer_networks import (
     IntegerRangeError,
     IntegerSequential,
     fake_quantize,
+    int8_gemm_available,
     reconstruct,
     to_fixed_point,
 )
@@ -92,16 +94,38 @@ def test_same_integers_across_threads_batches_layouts_and_onednn(converted, name
         assert torch.equal(exact(x, return_integers=True), ref)
 
 
+@pytest.fixture(scope="module")
+def converted_8bit():
+    return _convert(IntegerConfig(weight_bits=8, activation_bits=8, input_bits=16))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_float64_and_int64_evaluation_agree(converted, name):
-    exact = converted[2][name]
+@pytest.mark.parametrize("widths", ["12-bit", "8-bit"])
+def test_int8_float64_and_int64_evaluation_agree(converted, converted_8bit, name, widths):
+    exact = (converted if widths == "12-bit" else converted_8bit)[2][name]
     x = _inputs(name, 2, seed=11)
-    as_float = exact(x, return_integers=True)
-    as_int = exact(x, backend="int64", return_integers=True)
-    assert torch.equal(as_float, as_int)
+    reference = exact(x, backend="int64", return_integers=True)
+    assert torch.equal(exact(x, backend="float64", return_integers=True), reference)
+    if int8_gemm_available():
+        assert torch.equal(exact(x, backend="int8", return_integers=True), reference)
     values = exact(x)
     assert values.dtype == torch.float64
-    assert torch.equal(values * torch.exp2(exact.output_frac_bits.double()).view(1, -1, 1, 1), as_float.double())
+    assert torch.equal(values * torch.exp2(exact.output_frac_bits.double()).view(1, -1, 1, 1), reference.double())
+
+
+@pytest.mark.skipif(not int8_gemm_available(), reason="needs oneDNN's int8 GEMM")
+def test_an_inexact_int8_gemm_is_caught_and_replaced_by_float64(converted, monkeypatch):
+    # a kernel that saturates like int16 pair sums without VNNI: the per-shape check must refuse it
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: int_mm(a, b).clamp(-(2**20), 2**20))
+    monkeypatch.setattr(integer_networks, "_INT8_VERIFIED", {})
+    exact = converted[2]["h_s"]
+    x = _inputs("h_s", 2, seed=12)
+    with pytest.warns(UserWarning, match="not exact on this machine"):
+        got = exact(x, backend="int8", return_integers=True)
+    assert torch.equal(got, exact(x, backend="int64", return_integers=True))
+    # only the shapes whose sums can exceed the clamp are refused (and only they are computed in float64)
+    assert False in integer_networks._INT8_VERIFIED.values()
 
 
 def test_default_size_layers_are_exact_beyond_float32():
@@ -117,10 +141,12 @@ def test_default_size_layers_are_exact_beyond_float32():
     exact = IntegerSequential.from_float(h_s).calibrate([z]).to_exact()
     assert max(exact.check_bounds()) > 30
     ref = exact(z, backend="int64", return_integers=True)
+    backends = ("float64", "int8") if int8_gemm_available() else ("float64",)
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        assert torch.equal(exact(z, return_integers=True), ref)
-        assert torch.equal(exact(z[1:], return_integers=True), ref[1:])
+        for backend in backends:
+            assert torch.equal(exact(z, backend=backend, return_integers=True), ref)
+            assert torch.equal(exact(z[1:], backend=backend, return_integers=True), ref[1:])
     torch.set_num_threads(2)
 
 
@@ -131,6 +157,7 @@ def test_checkerboard_context_at_positions_equals_full_convolution(converted):
     full = exact(x, return_integers=True)[:, :, non_anchor]
     assert torch.equal(exact.forward_at(x, non_anchor, return_integers=True), full)
     assert torch.equal(exact.forward_at(x, non_anchor, backend="int64", return_integers=True), full)
+    assert torch.equal(exact.forward_at(x, non_anchor, backend="float64", return_integers=True), full)
     assert torch.equal(exact.forward_at(x, ~non_anchor, return_integers=True), exact(x, return_integers=True)[:, :, ~non_anchor])
 
 
