@@ -20,7 +20,6 @@ cores at most 1.25× today's.
 """
 
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -34,17 +33,23 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from slim_diffusers import SLIMCompressor, SLIMDecompressor
 from slim_diffusers.codec import decompress_latents, pad_latents
-from slim_diffusers.integer_networks import ExactGaussianParameters, IntegerConfig, IntegerSequential, reconstruct
+from slim_diffusers.integer_networks import (
+    ExactGaussianParameters,
+    IntegerConfig,
+    IntegerSequential,
+    int8_gemm_available,
+    reconstruct,
+)
 from slim_diffusers.models.decompressor import _scale_indexes
 from slim_diffusers.testing import structured_latents, tiny_codec
 
 TOY = Path(__file__).resolve().parents[1] / "slim_diffusers" / "assets" / "toy" / "slim"
 
-CONFIGS = {
-    "w8a8 (int32-safe)": IntegerConfig(weight_bits=8, activation_bits=8, input_bits=10, output_bits=24),
-    "w10a10": IntegerConfig(weight_bits=10, activation_bits=10, input_bits=12, output_bits=24),
-    "w12a12 (default)": IntegerConfig(),
-    "w16a16": IntegerConfig(weight_bits=16, activation_bits=16, input_bits=16, output_bits=24),
+CONFIGS = {  # inputs 16 bits, outputs 24 bits throughout
+    "w8a8i16 (default)": IntegerConfig(),
+    "w8a16i16": IntegerConfig(weight_bits=8, activation_bits=16),
+    "w12a12i16": IntegerConfig(weight_bits=12, activation_bits=12),
+    "w16a16i16": IntegerConfig(weight_bits=16, activation_bits=16),
 }
 
 
@@ -72,44 +77,59 @@ class FloatNets:
         return _scale_indexes(cb.latent_codec["y"].gaussian_conditional, scales), means, scales
 
 
+def quantization_aware_networks(dec, calibration, config: IntegerConfig) -> Dict[str, IntegerSequential]:
+    """Fake-quantized twins of the entropy networks, formats calibrated on ``calibration`` (post-training)."""
+    lc, nets = dec.latent_codec, {}
+    nets["h_s"] = IntegerSequential.from_float(dec.hyper_codec.h_s, config)
+    for k, g in enumerate(dec.config.groups):
+        cb = lc.latent_codec[f"y{k}"]
+        if k > 0:
+            nets[f"cc{k}"] = IntegerSequential.from_float(lc.channel_context[f"y{k}"], config)
+        nets[f"ctx{k}"] = IntegerSequential.from_float(cb.context_prediction, config)
+        head = ExactGaussianParameters.from_gaussian_conditional(cb.latent_codec["y"].gaussian_conditional)
+        nets[f"ep{k}"] = IntegerSequential.from_float(cb.entropy_parameters, config, output_frac_bits=head.output_frac_bits(2 * g))
+    return {name: net.calibrate(calibration[name]) for name, net in nets.items()}
+
+
 class IntegerNets:
-    """The same networks converted to exact integer networks (post-training, calibrated on ``calibration``)."""
+    """The same networks as exact integer networks: post-training conversion of the float networks
+    calibrated on ``calibration``, or the conversion of given quantization-aware networks (``qat``)."""
 
     dtype = torch.float64
 
-    def __init__(self, dec: SLIMDecompressor, calibration: Dict[str, List[torch.Tensor]], config: IntegerConfig):
-        self.dec = dec
-        lc = dec.latent_codec
-
-        def convert(module, name, **kwargs):
-            return IntegerSequential.from_float(module, config, **kwargs).calibrate(calibration[name]).to_exact()
-
-        self.h_s = convert(dec.hyper_codec.h_s, "h_s")
-        self.cc, self.ctx, self.ep, self.heads = {}, {}, {}, {}
-        for k, g in enumerate(dec.config.groups):
-            cb = lc.latent_codec[f"y{k}"]
-            if k > 0:
-                self.cc[k] = convert(lc.channel_context[f"y{k}"], f"cc{k}")
-            self.ctx[k] = convert(cb.context_prediction, f"ctx{k}")
-            head = ExactGaussianParameters.from_gaussian_conditional(cb.latent_codec["y"].gaussian_conditional)
-            self.heads[k] = head
-            self.ep[k] = convert(cb.entropy_parameters, f"ep{k}", output_frac_bits=head.output_frac_bits(2 * g))
+    def __init__(self, dec: SLIMDecompressor, calibration=None, config: IntegerConfig = IntegerConfig(),
+                 backend: str = "auto", qat: Dict[str, IntegerSequential] = None):
+        self.dec, self.backend = dec, backend
+        qat = qat or quantization_aware_networks(dec, calibration, config)
+        exact = {name: net.to_exact() for name, net in qat.items()}
+        groups = range(len(dec.config.groups))
+        self.h_s = exact["h_s"]
+        self.cc = {k: exact[f"cc{k}"] for k in groups if k > 0}
+        self.ctx = {k: exact[f"ctx{k}"] for k in groups}
+        self.ep = {k: exact[f"ep{k}"] for k in groups}
+        self.heads = {
+            k: ExactGaussianParameters.from_gaussian_conditional(
+                dec.latent_codec.latent_codec[f"y{k}"].latent_codec["y"].gaussian_conditional
+            )
+            for k in groups
+        }
 
     def accumulator_bits(self) -> float:
         nets = [self.h_s, *self.cc.values(), *self.ctx.values(), *self.ep.values()]
         return max(max(n.check_bounds()) for n in nets)
 
     def hyper(self, z_sym, medians):
-        return self.h_s(z_sym.double() + medians.double())  # exact: an integer plus a float32 value
+        # exact: an integer plus a float32 value
+        return self.h_s(z_sym.double() + medians.double(), backend=self.backend)
 
     def channel_context(self, k, y_prev):
-        return self.cc[k](y_prev)
+        return self.cc[k](y_prev, backend=self.backend)
 
     def context_at(self, k, y_hat, mask):
-        return self.ctx[k].forward_at(y_hat, mask)
+        return self.ctx[k].forward_at(y_hat, mask, backend=self.backend)
 
     def entropy_parameters(self, k, features):
-        params = self.ep[k](features.unsqueeze(-1)).squeeze(-1)
+        params = self.ep[k](features.unsqueeze(-1), backend=self.backend).squeeze(-1)
         indexes, means = self.heads[k](params)
         scales = params.chunk(2, 1)[1]
         return indexes, means, scales
@@ -290,7 +310,7 @@ def rate_table(dec, cal, test):
         with torch.backends.mkldnn.flags(enabled=setting != "oneDNN off"):
             same &= all(torch.equal(decode(dec, nets, p, sizes), ref) for p, ref in zip(payloads, y_enc))
     torch.set_num_threads(threads)
-    print(f"round trip       w12a12 payloads (encoded with 1 thread) decode to the encoder's ŷ with 2 threads "
+    print(f"round trip       default-width payloads (encoded with 1 thread) decode to the encoder's ŷ with 2 threads "
           f"and with oneDNN off: {same}")
 
 
@@ -309,6 +329,7 @@ def rate_part(args):
     print(f"data             {n_test} latents 4×{height}×{width} (y {tuple(test[0][0].shape[1:])}), "
           f"calibration on {n_cal} others at 4×32×48")
     rate_table(dec, cal, test)
+    qat_table(dec, cal, test, 5 if args.tiny else args.qat_steps)
     if args.tiny:
         return
     dec, cal = toy_model_items(args.calibration_images, start=10_000)
@@ -320,17 +341,74 @@ def rate_part(args):
     rate_table(dec, cal, test)
 
 
+def float_networks(dec) -> Dict[str, torch.nn.Module]:
+    lc, nets = dec.latent_codec, {"h_s": dec.hyper_codec.h_s}
+    for k in range(len(dec.config.groups)):
+        if k > 0:
+            nets[f"cc{k}"] = lc.channel_context[f"y{k}"]
+        nets[f"ctx{k}"] = lc.latent_codec[f"y{k}"].context_prediction
+        nets[f"ep{k}"] = lc.latent_codec[f"y{k}"].entropy_parameters
+    return nets
+
+
+def _distance(name, student, teacher):
+    if name.startswith("ep"):  # what the coder sees: means, and scales on a log axis above the bound
+        (ms, ss), (mt, st) = student.chunk(2, 1), teacher.chunk(2, 1)
+        log = lambda s: torch.log(s.clamp(min=0.11))
+        return ((ms - mt) / mt.std().clamp(min=1e-3)).square().mean() + (log(ss) - log(st)).square().mean()
+    return ((student - teacher) / teacher.std().clamp(min=1e-3)).square().mean()
+
+
+def quantization_aware_finetune(dec, calibration, config: IntegerConfig, steps: int, lr: float = 1e-4):
+    """Fake-quantized twins trained to reproduce the float networks on the calibration inputs.
+
+    A full QAT run trains the twins inside the codec on its rate-distortion loss; here, with no training
+    set at hand, each twin learns from its float network (teacher) on the inputs it sees while coding, so
+    that the measured change is the quantization error alone and not the effect of more training."""
+    qat = quantization_aware_networks(dec, calibration, config)
+    teachers = float_networks(dec)
+    torch.manual_seed(0)
+    for name, net in qat.items():
+        inputs = [x.float() for x in calibration[name]]
+        with torch.no_grad():
+            targets = [teachers[name](x) for x in inputs]
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        net.train()
+        for step in range(steps):
+            i = step % len(inputs)
+            loss = _distance(name, net(inputs[i]), targets[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+    return qat
+
+
+def qat_table(dec, cal, test, steps: int):
+    """Post-training conversion vs quantization-aware fine-tuning at 8-bit widths."""
+    calibration = calibration_inputs(dec, cal)
+    config = IntegerConfig()
+    rows = [
+        ("float32 (today)", FloatNets(dec)),
+        ("w8a8i16 post-training", IntegerNets(dec, calibration, config)),
+        ("w8a8i16 QAT", IntegerNets(dec, qat=quantization_aware_finetune(dec, calibration, config, steps))),
+    ]
+    print(f"\nquantization-aware fine-tuning at w8a8i16: {steps} Adam steps (lr 1e-4) per network, the float "
+          "network as teacher on the calibration inputs")
+    print(f"{'entropy model':<24}{'payload bytes':>14}{'Δ payload':>11}{'y bits (est.)':>15}{'Δ est.':>9}")
+    base = None
+    for name, nets in rows:
+        nbytes = sum(len(encode(dec, nets, y, z)) for y, z in test)
+        nbits = sum(code_item(dec, nets, y, z)[1] for y, z in test)
+        if base is None:
+            base = (nbytes, nbits)
+            print(f"{name:<24}{nbytes:>14}{'':>11}{nbits:>15.0f}")
+        else:
+            print(f"{name:<24}{nbytes:>14}{100 * (nbytes / base[0] - 1):>+10.2f}%{nbits:>15.0f}"
+                  f"{100 * (nbits / base[1] - 1):>+8.2f}%")
+
+
 # ------------------------------------------------------------------------------------------ (b) speed
-def timed(fn, repeats):
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def speed_part(args):
     print("\n== (b) speed: default-size entropy model, 2 threads ==")
     torch.set_num_threads(args.threads)
@@ -348,37 +426,51 @@ def speed_part(args):
         cal = [(coded.y, coded.z)]
         cal += [(o.y, o.z) for o in [comp(structured_latents(1, size, size, seed=s)) for s in (2, 3)]]
     calibration = calibration_inputs(dec, cal)
-    float_nets, int_nets = FloatNets(dec), IntegerNets(dec, calibration, IntegerConfig())
+    float_nets = FloatNets(dec)
+    int8 = int8_gemm_available()
+    variants = {  # name: (config, backend)
+        "w8a8 (default), int8 GEMM": (IntegerConfig(), "int8"),
+        "w8a8 (default), float64": (IntegerConfig(), "float64"),
+        "w8a16, int8 GEMM": (CONFIGS["w8a16i16"], "int8"),
+        "w12a12, int8 GEMM": (CONFIGS["w12a12i16"], "int8"),
+    }
+    if not int8:
+        variants = {k: v for k, v in variants.items() if v[1] != "int8"}
+    int_nets = {k: IntegerNets(dec, calibration, cfg, backend) for k, (cfg, backend) in variants.items()}
     y, z = coded.y, coded.z
     sizes = (tuple(y.shape[-2:]), tuple(z.shape[-2:]))
-    float_payload, int_payload = encode(dec, float_nets, y, z), encode(dec, int_nets, y, z)
+    float_payload = encode(dec, float_nets, y, z)
+    int_payloads = {k: encode(dec, nets, y, z) for k, nets in int_nets.items()}
 
     def decode_full(nets, payload):
         return dec.synthesize(decode(dec, nets, payload, sizes).float())
 
-    runs = {
-        "networks, float32": lambda: code_item(dec, float_nets, y, z, estimate=False),
-        "networks, integer": lambda: code_item(dec, int_nets, y, z, estimate=False),
-        "decode, codec today": lambda: decompress_latents(dec, [float_payload], latents.shape),
-        "decode, float loop": lambda: decode_full(float_nets, float_payload),
-        "decode, integer": lambda: decode_full(int_nets, int_payload),
-    }
+    runs = {"networks, float32 (today)": lambda: code_item(dec, float_nets, y, z, estimate=False)}
+    for k, nets in int_nets.items():
+        runs[f"networks, {k}"] = lambda nets=nets: code_item(dec, nets, y, z, estimate=False)
+    runs["decode, codec today"] = lambda: decompress_latents(dec, [float_payload], latents.shape)
+    for k, nets in int_nets.items():
+        runs[f"decode, {k}"] = lambda nets=nets, k=k: decode_full(nets, int_payloads[k])
     times = {k: [] for k in runs}
     with torch.inference_mode():
+        for fn in runs.values():  # warm-up: allocator, oneDNN kernels, int8 shape checks, CDF list cache
+            fn()
         for _ in range(args.repeats):  # interleaved, so that load from other work hits all alike
             for k, fn in runs.items():
-                times[k] += timed(fn, 1)
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
     med = {k: 1000 * statistics.median(v) for k, v in times.items()}
     print(f"config           M={dec.config.latent_codec_channels}, N={dec.config.hyper_channels}, "
-          f"groups={list(dec.config.groups)}; latent 4×{size}×{size}, y {tuple(y.shape[1:])}")
+          f"groups={list(dec.config.groups)}; latent 4×{size}×{size}, y {tuple(y.shape[1:])}; random weights")
     print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.threads} threads, n={args.repeats} interleaved")
+          f"torch {torch.__version__}, {args.threads} threads, n={args.repeats} interleaved, int8 GEMM: {int8}")
+    print(f"{'':<34}{'median':>9}{'min':>9}{'÷ today (median)':>18}")
     for k, v in med.items():
-        print(f"{k:<22}{v:8.1f} ms  (min {1000 * min(times[k]):.1f})")
-    print(f"ratio networks   integer / float32 = {med['networks, integer'] / med['networks, float32']:.2f}")
-    print(f"ratio decode     integer / codec today = {med['decode, integer'] / med['decode, codec today']:.2f}"
-          f"  (integer / float loop = {med['decode, integer'] / med['decode, float loop']:.2f})")
-    print(f"payload bytes    float {len(float_payload)}, integer {len(int_payload)} (random weights)")
+        base = med["networks, float32 (today)"] if k.startswith("networks") else med["decode, codec today"]
+        print(f"{k:<34}{v:>7.1f}ms{1000 * min(times[k]):>7.1f}ms{v / base:>17.2f}×")
+    print(f"payload bytes    float {len(float_payload)}, "
+          + ", ".join(f"{k} {len(p)}" for k, p in int_payloads.items()))
 
 
 def main():
@@ -388,6 +480,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--size", type=int, default=64, help="latent height and width for (b) (64 = 512² image)")
     parser.add_argument("--train-steps", type=int, default=300, help="training of the tiny codec for (a)")
+    parser.add_argument("--qat-steps", type=int, default=200, help="quantization-aware fine-tuning steps in (a)")
     parser.add_argument("--test-images", type=int, default=32, help="toy images for (a)")
     parser.add_argument("--calibration-images", type=int, default=16, help="toy images to calibrate on")
     parser.add_argument("--skip-rate", action="store_true")

@@ -19,13 +19,22 @@ the hyper-latent and the decoded symbols into entropy parameters compute here in
 
 Why the result is exact everywhere: every product and partial sum is an integer whose magnitude is at
 most ``Σ|w|·max|x| + |b|`` per output channel, which :meth:`ExactSequential.check_bounds` computes from the
-stored integer weights and asserts below 2^53. Float64 holds every integer below 2^53 exactly, so a
-direct or GEMM convolution in float64 returns the exact integer whatever the summation order, blocking,
-thread count, batch size or memory layout; the result is rounded to the nearest integer before rescaling,
-which also absorbs the error of transform-domain algorithms (Winograd, FFT) as long as it stays below ½.
-Power-of-two scaling and ``floor`` are exact in IEEE arithmetic, so the requantized activations, and
-hence the indexes and means, are the same integers on every IEEE-754 device. The same computation runs in
-int64 (``backend="int64"``, CPU) as a reference; the tests check the two agree.
+stored integer weights and asserts below 2^53. Three evaluations of the same integers:
+
+- ``float64`` (any device): float64 holds every integer below 2^53 exactly, so a direct or GEMM
+  convolution returns the exact integer whatever the summation order, blocking, thread count, batch size
+  or memory layout; it is rounded to the nearest integer before rescaling, which also absorbs the error of
+  transform-domain algorithms (Winograd, FFT) while that stays below ½;
+- ``int8`` (CPU with oneDNN, the default there): weights and activations split into balanced base-256
+  digits, one int8 GEMM with int32 accumulation per layer (``torch._int_mm``), digits recombined in
+  float64. int32 sums of at most 2^17 digit products cannot overflow; that the kernel really accumulates
+  in int32 (no int16 saturation, as on pre-VNNI x86) is checked once per GEMM shape with extreme and
+  random operands, and a shape that fails is computed in float64 instead;
+- ``int64`` (CPU): the reference.
+
+Power-of-two scaling and ``floor`` are exact in IEEE arithmetic, so the requantized activations, and hence
+the indexes and means, are the same integers on every IEEE-754 device and every backend; the tests check
+the backends agree, across threads, batch splits, channels-last layouts, oneDNN off and a fresh process.
 
 Two ways to obtain an integer network from a float one (``nn.Sequential`` of ``Conv2d``,
 ``ConvTranspose2d``, checkerboard-masked ``Conv2d`` and ``ReLU``):
@@ -35,8 +44,7 @@ Two ways to obtain an integer network from a float one (``nn.Sequential`` of ``C
 - quantization-aware fine-tuning: train the :class:`IntegerSequential` itself (a float path with fake
   quantization and straight-through gradients), then :meth:`~IntegerSequential.to_exact`.
 
-At the default widths (12-bit weights and activations) the conversion costs far below 1% of the rate;
-see ``benchmarks/integer_entropy_probe.py``.
+Rate and speed at several widths: ``benchmarks/integer_entropy_probe.py``.
 """
 
 import warnings
@@ -66,12 +74,14 @@ class IntegerConfig:
         output_bits: signed fixed-point outputs of the last layer.
         headroom_bits: calibration leaves this many bits above the largest activation seen.
 
-    With 8-bit weights and activations every accumulator also fits int32 (the paper's setting); the
-    default widths need int64 or float64 but make post-training conversion nearly lossless.
+    The defaults (8-bit weights and hidden activations, as in the paper) make every GEMM one int8 digit
+    deep, so the ``int8`` backend runs as fast as the float network; post-training conversion then costs
+    about 0.5% of the rate (quantization-aware fine-tuning recovers it). ``weight_bits=12,
+    activation_bits=12`` costs <0.1% without fine-tuning, at about 1.5× the float network's time.
     """
 
-    weight_bits: int = 12
-    activation_bits: int = 12
+    weight_bits: int = 8
+    activation_bits: int = 8
     input_bits: int = 16
     output_bits: int = 24
     headroom_bits: int = 1
@@ -95,7 +105,8 @@ def _exponent(x: Tensor) -> Tensor:
 def channel_weight_exponents(max_abs: Tensor, bits: int) -> Tensor:
     """Per-channel ``e`` such that ``round(w·2^e)`` fills ``bits`` signed bits: ``max|w|·2^e ∈ [2^(bits-2), 2^(bits-1))``."""
     e = (bits - 1) - _exponent(max_abs)
-    return torch.where(max_abs > 0, e, torch.zeros_like(e))
+    # a (nearly) dead channel gets no finer grid than 2^-20 of a unit weight: bounds the bias integers
+    return torch.where(max_abs > 0, e.clamp(max=bits - 1 + 20), torch.zeros_like(e))
 
 
 def activation_frac_bits(max_abs: float, magnitude_bits: int, headroom_bits: int) -> int:
@@ -432,12 +443,13 @@ def _weight_digits(w: Tensor) -> int:
 
 
 def _balanced_digits(v: Tensor, n: int) -> Tensor:
-    """``v = Σ_j d_j·256^j``, ``d_j ∈ [-128, 127]``, for integer-valued float64 ``v``; stacked as int8."""
+    """``v = Σ_j d_j·256^j``, ``d_j ∈ [-128, 127]``, for integer-valued ``v`` below 2^31; stacked as int8."""
+    v = v.to(torch.int32) if n > 1 else v
     digits = []
     for _ in range(n - 1):
-        d = torch.remainder(v + 128, 256) - 128
+        d = ((v + 128) & 255) - 128
         digits.append(d)
-        v = (v - d) * (1 / 256)  # exact: v - d is a multiple of 256
+        v = (v - d) >> 8  # exact: v - d is a multiple of 256
     digits.append(v)
     return torch.stack(digits).to(torch.int8)
 
@@ -527,8 +539,9 @@ class ExactConv(nn.Module):
             high=int(self.out_max),
         )
         if dtype == torch.float64:
+            # (acc + b)·2^-s + ½ = acc·2^-s + (b·2^-s + ½): every term a multiple of 2^-s below 2^53 of them
             d["scale"] = torch.exp2(-s.double()).view(1, -1, 1)  # exact powers of two
-            d["offset"] = (s > 0).double().mul(0.5).view(1, -1, 1)
+            d["offset"] = (self.bias.to(device).double() * d["scale"].view(-1) + (s > 0).double() * 0.5).view(1, -1, 1)
         else:
             d["left"] = (-s).clamp(min=0).view(1, -1, 1)
             d["right"] = s.clamp(min=0).view(1, -1, 1)
@@ -572,7 +585,7 @@ class ExactConv(nn.Module):
         return d["int8"]
 
     def _accumulate_int8(self, x: Tensor, low: int, high: int) -> Optional[Tensor]:
-        if x.dtype != torch.float64 or not int8_gemm_available(x.device):
+        if x.dtype != torch.float64 or not int8_gemm_available(x.device) or max(-low, high) >= 2**30:
             return None
         a, nw, row_sums = self._int8_weights()
         offset, nx = _digit_plan(low, high)
@@ -608,11 +621,11 @@ class ExactConv(nn.Module):
         """Add the bias, rescale by ``2^-shift`` rounding half up, clamp. ``acc``: ``(B, C, …)``."""
         d = self._derived(acc.dtype, acc.device)
         shape = acc.shape
-        acc = acc.reshape(shape[0], shape[1], -1) + d["bias"]
+        acc = acc.reshape(shape[0], shape[1], -1)
         if acc.is_floating_point():
-            out = torch.floor(acc * d["scale"] + d["offset"])
+            out = torch.addcmul(d["offset"], acc, d["scale"]).floor_()
         else:
-            out = ((acc << d["left"]) + d["half"]) >> d["right"]
+            out = (((acc + d["bias"]) << d["left"]) + d["half"]) >> d["right"]
         return out.clamp_(d["low"], d["high"]).reshape(shape)
 
     def forward(self, x: Tensor, backend: str = "float64", in_range: Optional[Tuple[int, int]] = None) -> Tensor:
@@ -740,7 +753,7 @@ class ExactSequential(nn.Module):
             w = torch.stack([d["weight"][:, :, i, j] for i, j in taps], dim=2)  # (Cout, C, T)
             d["taps"], d["tap_weight"] = taps, w.reshape(layer.out_channels, -1)
         acc = None
-        if backend == "int8" and int8_gemm_available(q.device):
+        if backend == "int8" and int8_gemm_available(q.device) and max(-low, high) < 2**30:
             if "int8_taps" not in d:
                 nw = _weight_digits(d["tap_weight"])
                 d["int8_taps"] = (_balanced_digits(d["tap_weight"], nw).reshape(-1, d["tap_weight"].shape[1]), nw,

@@ -94,15 +94,18 @@ def test_same_integers_across_threads_batches_layouts_and_onednn(converted, name
         assert torch.equal(exact(x, return_integers=True), ref)
 
 
+WIDE = IntegerConfig(weight_bits=12, activation_bits=12)
+
+
 @pytest.fixture(scope="module")
-def converted_8bit():
-    return _convert(IntegerConfig(weight_bits=8, activation_bits=8, input_bits=16))
+def converted_wide():
+    return _convert(WIDE)
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("widths", ["12-bit", "8-bit"])
-def test_int8_float64_and_int64_evaluation_agree(converted, converted_8bit, name, widths):
-    exact = (converted if widths == "12-bit" else converted_8bit)[2][name]
+@pytest.mark.parametrize("widths", ["8-bit", "12-bit"])
+def test_int8_float64_and_int64_evaluation_agree(converted, converted_wide, name, widths):
+    exact = (converted if widths == "8-bit" else converted_wide)[2][name]
     x = _inputs(name, 2, seed=11)
     reference = exact(x, backend="int64", return_integers=True)
     assert torch.equal(exact(x, backend="float64", return_integers=True), reference)
@@ -219,18 +222,20 @@ def test_negative_shifts_multiply_exactly():
 
 # ------------------------------------------------------------------------------------------- accuracy
 @pytest.mark.parametrize("name", NAMES)
-def test_conversion_stays_close_to_the_float_network(converted, name):
-    nets, qat, exact, _ = converted
+@pytest.mark.parametrize("widths, tolerance", [("8-bit", 3e-2), ("12-bit", 3e-3)])
+def test_conversion_stays_close_to_the_float_network(converted, converted_wide, name, widths, tolerance):
+    nets, qat, exact, _ = converted if widths == "8-bit" else converted_wide
     x = _inputs(name, 2, seed=21)
     with torch.no_grad():
         reference = nets[name](x.float()).double()
         fake = qat[name](x.float()).double()
     integer = exact[name](x)
-    rel = float((integer - reference).abs().max() / reference.abs().max())
-    print(f"{name}: max |integer - float| / max |float| = {rel:.2e}")
-    assert rel < 5e-3
-    # the quantization-aware forward is the integer network up to float32 rounding
-    assert float((fake - integer).abs().max() / reference.abs().max()) < 1e-3
+    scale = reference.abs().max()
+    rel = float((integer - reference).abs().max() / scale)
+    print(f"{widths} {name}: max |integer - float| / max |float| = {rel:.2e}")
+    assert rel < tolerance
+    # the quantization-aware forward is the integer network, up to float32 rounding flipping a rounding
+    assert float((fake - integer).abs().max() / scale) < tolerance / 4
 
 
 def test_quantization_aware_training_has_gradients(converted):
