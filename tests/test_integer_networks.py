@@ -103,9 +103,9 @@ def converted_wide():
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("widths", ["8-bit", "12-bit"])
+@pytest.mark.parametrize("widths", ["default", "12-bit"])
 def test_int8_float64_and_int64_evaluation_agree(converted, converted_wide, name, widths):
-    exact = (converted if widths == "8-bit" else converted_wide)[2][name]
+    exact = (converted if widths == "default" else converted_wide)[2][name]
     x = _inputs(name, 2, seed=11)
     reference = exact(x, backend="int64", return_integers=True)
     assert torch.equal(exact(x, backend="float64", return_integers=True), reference)
@@ -222,9 +222,9 @@ def test_negative_shifts_multiply_exactly():
 
 # ------------------------------------------------------------------------------------------- accuracy
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("widths, tolerance", [("8-bit", 3e-2), ("12-bit", 3e-3)])
+@pytest.mark.parametrize("widths, tolerance", [("default", 3e-2), ("12-bit", 3e-3)])
 def test_conversion_stays_close_to_the_float_network(converted, converted_wide, name, widths, tolerance):
-    nets, qat, exact, _ = converted if widths == "8-bit" else converted_wide
+    nets, qat, exact, _ = converted if widths == "default" else converted_wide
     x = _inputs(name, 2, seed=21)
     with torch.no_grad():
         reference = nets[name](x.float()).double()
