@@ -87,7 +87,9 @@ def quantization_aware_networks(dec, calibration, config: IntegerConfig) -> Dict
             nets[f"cc{k}"] = IntegerSequential.from_float(lc.channel_context[f"y{k}"], config)
         nets[f"ctx{k}"] = IntegerSequential.from_float(cb.context_prediction, config)
         head = ExactGaussianParameters.from_gaussian_conditional(cb.latent_codec["y"].gaussian_conditional)
-        nets[f"ep{k}"] = IntegerSequential.from_float(cb.entropy_parameters, config, output_frac_bits=head.output_frac_bits(2 * g))
+        nets[f"ep{k}"] = IntegerSequential.from_float(
+            cb.entropy_parameters, config, output_frac_bits=head.output_frac_bits(2 * g)
+        )
     return {name: net.calibrate(calibration[name]) for name, net in nets.items()}
 
 
@@ -276,8 +278,8 @@ def trained_tiny_codec(steps: int, image_dir, seed: int = 0, lmbda: float = 4.0)
 
 def latent_items(comp, dec, n, start, height, width, image_dir):
     with torch.no_grad():
-        outs = [comp(pad_latents(structured_latents(1, height, width, seed=start + i, image_dir=image_dir), dec.total_stride))
-                for i in range(n)]
+        latents = [structured_latents(1, height, width, seed=start + i, image_dir=image_dir) for i in range(n)]
+        outs = [comp(pad_latents(latent, dec.total_stride)) for latent in latents]
     return [(o.y, o.z) for o in outs]
 
 
@@ -288,7 +290,8 @@ def rate_table(dec, cal, test):
     float_nets = FloatNets(dec)
     float_bytes = sum(len(encode(dec, float_nets, y, z)) for y, z in test)
     float_bits = sum(code_item(dec, float_nets, y, z)[1] for y, z in test)
-    print(f"{'entropy model':<20}{'payload bytes':>14}{'Δ payload':>11}{'y bits (est.)':>15}{'Δ est.':>9}{'max acc.':>10}")
+    print(f"{'entropy model':<20}{'payload bytes':>14}{'Δ payload':>11}{'y bits (est.)':>15}{'Δ est.':>9}"
+          f"{'max acc.':>10}")
     print(f"{'float32 (today)':<20}{float_bytes:>14}{'':>11}{float_bits:>15.0f}{'':>9}{'':>10}")
     default = None
     for name, config in CONFIGS.items():
@@ -393,8 +396,8 @@ def qat_table(dec, cal, test, steps: int):
         ("w8a8i16 post-training", IntegerNets(dec, calibration, config)),
         ("w8a8i16 QAT", IntegerNets(dec, qat=quantization_aware_finetune(dec, calibration, config, steps))),
     ]
-    print(f"\nquantization-aware fine-tuning at w8a8i16 (the narrowest): {steps} Adam steps (lr 1e-4) per network, the float "
-          "network as teacher on the calibration inputs")
+    print(f"\nquantization-aware fine-tuning at w8a8i16 (the narrowest): {steps} Adam steps (lr 1e-4) per network, "
+          "the float network as teacher on the calibration inputs")
     print(f"{'entropy model':<24}{'payload bytes':>14}{'Δ payload':>11}{'y bits (est.)':>15}{'Δ est.':>9}")
     base = None
     for name, nets in rows:
@@ -452,23 +455,30 @@ def speed_part(args):
     for k, nets in int_nets.items():
         runs[f"decode, {k}"] = lambda nets=nets, k=k: decode_full(nets, int_payloads[k])
     times = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}
     with torch.inference_mode():
         for fn in runs.values():  # warm-up: allocator, oneDNN kernels, int8 shape checks, CDF list cache
             fn()
         for _ in range(args.repeats):  # interleaved, so that load from other work hits all alike
             for k, fn in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
     med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    cpu_med = {k: 1000 * statistics.median(v) for k, v in cpu.items()}
     print(f"config           M={dec.config.latent_codec_channels}, N={dec.config.hyper_channels}, "
           f"groups={list(dec.config.groups)}; latent 4×{size}×{size}, y {tuple(y.shape[1:])}; random weights")
     print(f"machine          {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.threads} threads, n={args.repeats} interleaved, int8 GEMM: {int8}")
-    print(f"{'':<34}{'median':>9}{'min':>9}{'÷ today (median)':>18}")
+          f"torch {torch.__version__}, {args.threads} threads, n={args.repeats} interleaved, int8 GEMM: {int8}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'':<38}{'wall median':>12}{'min':>9}{'÷ today':>9}{'CPU median':>12}{'÷ today':>9}")
     for k, v in med.items():
-        base = med["networks, float32 (today)"] if k.startswith("networks") else med["decode, codec today"]
-        print(f"{k:<34}{v:>7.1f}ms{1000 * min(times[k]):>7.1f}ms{v / base:>17.2f}×")
+        base = "networks, float32 (today)" if k.startswith("networks") else "decode, codec today"
+        print(f"{k:<38}{v:>10.1f}ms{1000 * min(times[k]):>7.1f}ms{v / med[base]:>8.2f}×"
+              f"{cpu_med[k]:>10.1f}ms{cpu_med[k] / cpu_med[base]:>8.2f}×")
+    print("(CPU time is the process's: with one thread it does not count time taken by other work; with more")
+    print(" it also counts the threads' spin-waits)")
     print(f"payload bytes    float {len(float_payload)}, "
           + ", ".join(f"{k} {len(p)}" for k, p in int_payloads.items()))
 

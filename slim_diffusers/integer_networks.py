@@ -104,7 +104,8 @@ def _exponent(x: Tensor) -> Tensor:
 
 
 def channel_weight_exponents(max_abs: Tensor, bits: int) -> Tensor:
-    """Per-channel ``e`` such that ``round(w·2^e)`` fills ``bits`` signed bits: ``max|w|·2^e ∈ [2^(bits-2), 2^(bits-1))``."""
+    """Per-channel ``e`` such that ``round(w·2^e)`` fills ``bits`` signed bits:
+    ``max|w|·2^e ∈ [2^(bits-2), 2^(bits-1))``."""
     e = (bits - 1) - _exponent(max_abs)
     # a (nearly) dead channel gets no finer grid than 2^-20 of a unit weight: bounds the bias integers
     return torch.where(max_abs > 0, e.clamp(max=bits - 1 + 20), torch.zeros_like(e))
@@ -232,7 +233,9 @@ class FakeQuantizedConvTranspose2d(_FakeQuantizedConv, nn.ConvTranspose2d):
         self._setup(config)
 
     def _conv(self, x, weight, bias):
-        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+        return F.conv_transpose2d(
+            x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
 
 
 class OutputQuantizer(nn.Module):
@@ -546,7 +549,8 @@ class ExactConv(nn.Module):
         else:
             d["left"] = (-s).clamp(min=0).view(1, -1, 1)
             d["right"] = s.clamp(min=0).view(1, -1, 1)
-            d["half"] = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s)).view(1, -1, 1)
+            half = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s))
+            d["half"] = half.view(1, -1, 1)
         self._cache[(dtype, device)] = (key, d)
         return d
 
@@ -671,7 +675,8 @@ class ExactSequential(nn.Module):
     @classmethod
     def empty_like(cls, module: nn.Module) -> "ExactSequential":
         """An all-zero integer network shaped like float ``module``, to ``load_state_dict`` into."""
-        convs = [m for m in (module if isinstance(module, nn.Sequential) else [module]) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        modules = module if isinstance(module, nn.Sequential) else [module]
+        convs = [m for m in modules if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         layers = [
             ExactConv(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                       output_padding=getattr(m, "output_padding", 0), transposed=isinstance(m, nn.ConvTranspose2d))

@@ -61,7 +61,8 @@ def _convert(config=IntegerConfig()):
     qat, exact = {}, {}
     for name, net in nets.items():
         kwargs = {"output_frac_bits": head.output_frac_bits(8)} if name == "ep" else {}
-        qat[name] = IntegerSequential.from_float(net, config, **kwargs).calibrate([_inputs(name, 2, s) for s in range(3)])
+        calibration = [_inputs(name, 2, s) for s in range(3)]
+        qat[name] = IntegerSequential.from_float(net, config, **kwargs).calibrate(calibration)
         exact[name] = qat[name].to_exact()
     return nets, qat, exact, head
 
@@ -161,7 +162,8 @@ def test_checkerboard_context_at_positions_equals_full_convolution(converted):
     assert torch.equal(exact.forward_at(x, non_anchor, return_integers=True), full)
     assert torch.equal(exact.forward_at(x, non_anchor, backend="int64", return_integers=True), full)
     assert torch.equal(exact.forward_at(x, non_anchor, backend="float64", return_integers=True), full)
-    assert torch.equal(exact.forward_at(x, ~non_anchor, return_integers=True), exact(x, return_integers=True)[:, :, ~non_anchor])
+    anchors = exact(x, return_integers=True)[:, :, ~non_anchor]
+    assert torch.equal(exact.forward_at(x, ~non_anchor, return_integers=True), anchors)
 
 
 def test_fresh_process_computes_the_same_integers(converted):
@@ -213,7 +215,8 @@ def test_accumulator_bounds_are_checked():
 def test_negative_shifts_multiply_exactly():
     # an output format finer than the accumulator forces a left shift; both backends must agree
     _, nets = _float_networks()
-    net = IntegerSequential.from_float(nets["cc"], output_frac_bits=torch.full((8,), 40)).calibrate([_inputs("cc", 2, 0)])
+    net = IntegerSequential.from_float(nets["cc"], output_frac_bits=torch.full((8,), 40))
+    net.calibrate([_inputs("cc", 2, 0)])
     exact = net.to_exact()
     assert (exact.layers[-1].shift < 0).any()
     x = _inputs("cc", 2, seed=1)
@@ -222,7 +225,7 @@ def test_negative_shifts_multiply_exactly():
 
 # ------------------------------------------------------------------------------------------- accuracy
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("widths, tolerance", [("default", 3e-2), ("12-bit", 3e-3)])
+@pytest.mark.parametrize("widths, tolerance", [("default", 2e-2), ("12-bit", 3e-3)])
 def test_conversion_stays_close_to_the_float_network(converted, converted_wide, name, widths, tolerance):
     nets, qat, exact, _ = converted if widths == "default" else converted_wide
     x = _inputs(name, 2, seed=21)
