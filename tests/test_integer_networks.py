@@ -285,3 +285,38 @@ def test_gaussian_head_splits_means_and_scales(converted):
     assert torch.equal(fixed.double() / 4096, means)
     y_hat = reconstruct(torch.tensor([3, -7]), means.reshape(-1)[:2])
     assert torch.equal(y_hat - means.reshape(-1)[:2], torch.tensor([3.0, -7.0], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------ golden
+def _golden_network() -> ExactSequential:
+    """Integer weights, biases and shifts drawn from a seeded integer generator (no float anywhere)."""
+    gen = torch.Generator().manual_seed(2019)
+    first = integer_networks.ExactConv(4, 8, 3, padding=1)
+    second = integer_networks.ExactConv(8, 6, 1)
+    for layer, (low, high) in ((first, (0, 2**16 - 1)), (second, (-(2**23), 2**23 - 1))):
+        layer.weight.copy_(torch.randint(-127, 128, layer.weight.shape, generator=gen))
+        layer.bias.copy_(torch.randint(-5000, 5000, layer.bias.shape, generator=gen))
+        layer.shift.copy_(torch.randint(-2, 9, layer.shift.shape, generator=gen))
+        layer.out_min.fill_(low)
+        layer.out_max.fill_(high)
+    net = ExactSequential([first, second])
+    net.input_frac_bits.fill_(3)
+    net.input_min.fill_(-(2**15))
+    net.input_max.fill_(2**15 - 1)
+    return net
+
+
+def test_integer_semantics_match_the_golden_digest():
+    # rounding half up, shifts both ways, clamps, input quantization: a change to any of them changes which
+    # symbols a payload decodes to, so it must show up here (and bump the format version)
+    net = _golden_network()
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(-40_000, 40_000, (2, 4, 5, 7), generator=gen).double() / 9
+    outputs = {backend: net(x, backend=backend, return_integers=True) for backend in ("float64", "int64")}
+    if int8_gemm_available():
+        outputs["int8"] = net(x, backend="int8", return_integers=True)
+    digests = {backend: _digest(out) for backend, out in outputs.items()}
+    assert set(digests.values()) == {GOLDEN_DIGEST}, digests
+
+
+GOLDEN_DIGEST = "66df062d1f0b5796442985ad6d98606225e7476a543b30abc74667b963bce435"
