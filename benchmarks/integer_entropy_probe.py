@@ -1,19 +1,25 @@
 """Integer entropy model probe: what exact integer networks cost in rate and in decoding time.
 
 Converts the networks that give the entropy parameters (hyper synthesis ``h_s``, channel-group context,
-checkerboard context, parameter aggregation) into :mod:`slim_diffusers.integer_networks` by post-training
-conversion, and codes with them through a stand-alone copy of the coding loop (``code_item``'s order: z,
-then per channel group the checkerboard anchors and non-anchors, one rANS stream).
+checkerboard context, parameter aggregation) into :mod:`slim_diffusers.integer_networks` and codes with
+them through a stand-alone copy of the coding loop (``code_item``'s order: z, then per channel group the
+checkerboard anchors and non-anchors, one rANS stream). The codec itself is not touched.
 
-(a) Rate: the bundled trained toy SLIM on held-out toy images; payload bytes (the rANS stream actually
-    written) and the estimated bits of y, with the float entropy model and with integer networks at several
-    bit widths. Also checks that the integer payload decodes to the same ŷ, and the same again with one
-    thread and with oneDNN off.
-(b) Speed: the default-size decompressor (random weights, M=320, N=192) on a 4×64×64 latent (y 320×16×16),
-    2 threads: the entropy-parameter networks alone in coding order, and whole decodes (rANS + g_s).
+(a) Rate, by post-training conversion at several bit widths: payload bytes (the rANS streams actually
+    written) and estimated bits of y, integer networks against the float entropy model, for
+    - the tiny test codec briefly trained on latent-like tensors made from the Kodak photographs
+      (a realistic rate: about 1 kB per latent), and
+    - the bundled trained toy SLIM on held-out toy images (a very low rate: about 20 bytes per image);
+    then quantization-aware fine-tuning at the narrowest widths (8-bit weights and activations). Also
+    checks that integer payloads decode to the encoder's ŷ with another thread count and with oneDNN off
+    (which also switches the backend from int8 GEMM to float64).
+(b) Speed: the default-size decompressor (random weights, M=320, N=192) on a 4×64×64 latent (y 320×16×16):
+    the entropy networks alone in coding order, and whole decodes (rANS + g_s), today's float codec
+    against integer networks at several widths and backends; wall and CPU time, runs interleaved.
 
-    python benchmarks/integer_entropy_probe.py           # both parts (a couple of minutes on 2 cores)
-    python benchmarks/integer_entropy_probe.py --tiny    # CI smoke run: tiny random model, few repeats
+    python benchmarks/integer_entropy_probe.py                   # both parts (several minutes on 2 cores)
+    python benchmarks/integer_entropy_probe.py --skip-rate       # (b) only, 2 threads
+    python benchmarks/integer_entropy_probe.py --tiny            # CI smoke run: tiny models, few repeats
 
 Targets (issue: integer entropy model): payload within 1% of the float entropy model; decoding on 2 CPU
 cores at most 1.25× today's.

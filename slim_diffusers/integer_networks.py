@@ -80,7 +80,7 @@ class IntegerConfig:
     activation two, so the ``int8`` backend runs about as fast as the float network, and post-training
     conversion costs about 0.25% of the rate. 8-bit activations halve the GEMM work for about 0.5% of the
     rate (quantization-aware fine-tuning recovers it); 12-bit weights cost <0.1% of the rate without
-    fine-tuning, at about 1.25× the decoding time.
+    fine-tuning, at about 1.2× the decoding time.
     """
 
     weight_bits: int = 8
