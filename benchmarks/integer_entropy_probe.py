@@ -38,7 +38,7 @@ import torch
 
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from slim_diffusers import SLIMCompressor, SLIMDecompressor
-from slim_diffusers.codec import decompress_latents, pad_latents
+from slim_diffusers.codec import compress_latents, decompress_latents, pad_latents
 from slim_diffusers.integer_networks import (
     ExactGaussianParameters,
     IntegerConfig,
@@ -449,6 +449,8 @@ def speed_part(args):
     y, z = coded.y, coded.z
     sizes = (tuple(y.shape[-2:]), tuple(z.shape[-2:]))
     float_payload = encode(dec, float_nets, y, z)
+    # the stand-alone loop codes exactly as the codec does
+    assert float_payload == compress_latents(comp, dec, latents)[0], "the probe's coding loop drifted from code_item"
     int_payloads = {k: encode(dec, nets, y, z) for k, nets in int_nets.items()}
 
     def decode_full(nets, payload):
