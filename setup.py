@@ -1,15 +1,23 @@
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', open("slim_diffusers/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
 setup(
     name="slim-diffusers",
-    version="0.1.0",
+    version=VERSION,
     description="SLIM: semantic-based low-bitrate image compression for machines, built on diffusers",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["slim_diffusers", "slim_diffusers.*"]),
-    include_package_data=True,
-    package_data={"slim_diffusers": ["assets/**/*"]},
+    # the packages sit at the top of the checkout: saying so lets an editable install (make) use a plain .pth file,
+    # without setuptools' notice about same-named folders that its import-hook strategy prints
+    package_dir={"": "."},
+    # data files by explicit globs only: include_package_data would also take them from the sdist manifest and warn
+    # that each data folder ("slim_diffusers.assets.toy.slim.unet", ...) looks like a package left out
+    package_data={"slim_diffusers": ["assets/**/*", "hub_cards/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         # torch is left unpinned on purpose: the registry's newest build with its matching torchvision

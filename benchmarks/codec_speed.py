@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from slim_diffusers import SLIMCompressor, SLIMDecompressor
-from slim_diffusers.codec import compress_latents, decompress_latents
+from slim_diffusers.coding.latents import compress_latents, decompress_latents
 from slim_diffusers.testing import structured_latents, tiny_codec
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"

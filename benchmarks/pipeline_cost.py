@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from slim_diffusers import SLIMCompressor, SLIMControlNet, SLIMDecompressor, SLIMPipeline
+from slim_diffusers.models.controlnet import controlled_noise_prediction
 from slim_diffusers.testing import tiny_pipeline, tiny_tokenizer
 
 
@@ -111,10 +112,9 @@ def main():
     def denoise_step_only():
         t = torch.tensor(500, device=device)
         x = z_hat.to(device, dtype)
-        down, mid = pipe.controlnet(x, t, emb_cached, controlnet_cond=x, return_dict=False)
-        pipe.unet(x, t, emb_cached, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        controlled_noise_prediction(pipe.unet, pipe.controlnet, x, t, emb_cached, x)
 
-    emb_cached = pipe.encode_captions([caption], device, dtype)
+    emb_cached = pipe.encode_prompt([caption], device, False)[0].to(dtype)
 
     def decode():
         pipe.decompress(bitstream, num_inference_steps=args.steps, output_type="pt")

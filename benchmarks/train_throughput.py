@@ -7,7 +7,7 @@ Full size (GPU): the SD 2.1-base architecture from ``benchmarks/pipeline_cost.py
     python benchmarks/train_throughput.py                 # tiny, CPU
     python benchmarks/train_throughput.py --full --device cuda
 
-Each step is the real objective from ``slim_diffusers.losses`` (stage 2 with a frozen ResNet classifier
+Each step is the real objective from ``slim_diffusers.training.losses`` (stage 2 with a frozen ResNet classifier
 and LPIPS built in code, random weights) + backward + AdamW on the trainable modules.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from slim_diffusers.losses import LossWeights, slim_losses
+from slim_diffusers.training.losses import LossWeights, slim_losses
 from slim_diffusers.testing import tiny_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,7 +68,7 @@ def main():
     pixels = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
     masks = torch.rand(args.batch, 1, size, size, device=device)
     labels = torch.randint(0, classifier.config.num_labels, (args.batch,), device=device)
-    embeds = pipe.encode_captions(["a photo"] * args.batch, device, dtype)
+    embeds = pipe.encode_prompt(["a photo"] * args.batch, device, False)[0].to(dtype)
     preprocess = lambda x: torch.nn.functional.interpolate(x, size=(224, 224) if args.full else (64, 64), mode="bilinear")
     print(f"{'full SD 2.1-base architecture, 512²' if args.full else 'tiny pipeline, 64²'}, batch {args.batch}, "
           f"{args.device}, {args.threads} CPU threads, random weights")

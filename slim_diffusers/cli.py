@@ -1,384 +1,568 @@
-"""The ``slim`` command line. Heavy libraries are imported inside each command, so ``slim --help`` and
-``slim info`` start fast."""
+"""The ``slim`` command line: thin, as a codec's command line is (``cwebp``, ``avifenc``).
+
+Every command checks all of its inputs (files, output folder, model name) before it loads a model, prints one
+line per mistake on stderr and exits with status 2; anything unexpected is one line too, status 1, and
+``--debug`` adds the traceback. Heavy libraries are imported inside each command, so ``slim --help`` and
+``slim info`` start fast.
+"""
 
 import argparse
+import json
+import os
 import sys
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
 
-from .file_utils import write_atomically
+# `--model toy` names the SLIM model bundled in the package (slim_diffusers/assets/toy/, what `slim demo` runs),
+# decoded with its own settings (assets/toy/demo.json) unless --steps/--strength say otherwise. Hub repositories
+# are named owner/name; a local folder called toy is `./toy`.
+BUNDLED_MODEL = "toy"
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_STEPS, DEFAULT_STRENGTH = 20, 1.0
 
 
-def _cmd_info(args) -> int:
-    from .bitstream import SLIMBitstream, compress_caption
+class CLIError(Exception):
+    """Mistakes in what a command was given: each message is printed as one line, and the exit status is 2."""
+
+    def __init__(self, *messages: str):
+        super().__init__(*messages)
+        self.messages = list(messages)
+
+
+def _check_each(items: Sequence, check: Callable) -> list:
+    """``check`` every item; report the mistakes of all of them at once (one line each), not only the first."""
+    results, errors = [], []
+    for item in items:
+        try:
+            results.append(check(item))
+        except CLIError as err:
+            errors.extend(err.messages)
+    if errors:
+        raise CLIError(*errors)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _check_image(path: str) -> Path:
+    """An image file Pillow can read, of a size SLIM codes; only its header is read."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .coding.bitstream import MAX_SIDE
+
+    file = Path(path)
+    if not file.exists():
+        raise CLIError(f"{path}: no such file")
+    if file.is_dir():
+        raise CLIError(f"{path}: is a folder, not an image")
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise CLIError(f"{path}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise CLIError(f"{path}: {err}") from None
+    except OSError as err:
+        raise CLIError(f"{path}: cannot read it ({err.strerror or err})") from None
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise CLIError(f"{path}: {width}×{height} pixels; SLIM codes images up to {MAX_SIDE}×{MAX_SIDE}")
+    return file
+
+
+def _check_slim_file(path: str, max_pixels: Optional[int] = None, limit: bool = True):
+    """The parsed ``.slim`` file, refused (with its name) when malformed or, with ``limit``, larger than the
+    decoding limit (``max_pixels``; ``None``: the library's default)."""
+    from .coding.bitstream import SLIMBitstream, check_decode_limit
     from .errors import SLIMBitstreamError
 
-    status = 0
-    for path in args.files:
+    file = Path(path)
+    if not file.exists():
+        raise CLIError(f"{path}: no such file")
+    if file.is_dir():
+        raise CLIError(f"{path}: is a folder, not a .slim file")
+    try:
+        bitstream = SLIMBitstream.load(file)  # its messages begin with the path
+        if limit:
+            check_decode_limit(bitstream, max_pixels, name=str(path))
+    except SLIMBitstreamError as err:
+        raise CLIError(f"{type(err).__name__}: {err}") from None
+    except OSError as err:
+        raise CLIError(f"{path}: cannot read it ({err.strerror or err})") from None
+    return bitstream
+
+
+class _OutputFolder:
+    """The folder a command writes into: checked before any model loads, created when the first file is written,
+    and removed again (with the parents this command created) when the command fails before writing into it."""
+
+    def __init__(self, path, force: bool = False):
+        self.path, self.force = Path(path), force
+        self._created: List[Path] = []
+        if self.path.exists() and not self.path.is_dir():
+            raise CLIError(f"{path}: exists and is not a folder")
+        ancestor = self.path.absolute()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise CLIError(f"{path}: cannot write into {ancestor}")
+
+    def target(self, name: str) -> Path:
+        """The path a file will be written to; an existing file is refused unless ``--force``."""
+        path = self.path / name
+        if path.exists() and not self.force:
+            raise CLIError(f"{path}: exists; pass --force to overwrite it")
+        return path
+
+    def create(self) -> None:
+        missing, folder = [], self.path.absolute()
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._created = missing + self._created  # innermost first
+
+    def __enter__(self) -> "_OutputFolder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for folder in self._created:
+                try:
+                    folder.rmdir()  # only if empty
+                except OSError:
+                    break
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass
+class _Model:
+    """A ``--model`` argument, resolved: what ``from_pretrained`` gets, and the model's own decoding settings."""
+
+    name: str
+    location: str
+    decode: dict = field(default_factory=dict)
+
+
+def _bundled_decode_settings() -> dict:
+    settings = json.loads((ASSETS / "toy" / "demo.json").read_text()).get("decode", {})
+    return {k: v for k, v in settings.items() if k in ("num_inference_steps", "strength")}
+
+
+def _could_be_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _resolve_model(name: str) -> _Model:
+    """Check a ``--model`` argument without loading it: ``toy``, a folder holding a saved SLIM pipeline, or a Hub id."""
+    if name == BUNDLED_MODEL:
+        if Path(name).is_dir():
+            print(f"note: --model {name} is the bundled toy model; write ./{name} for the folder {name}", file=sys.stderr)
+        return _Model(name, str(ASSETS / "toy" / "slim"), _bundled_decode_settings())
+    path = Path(name).expanduser()
+    what = "a SLIM model is a folder written by SLIMPipeline.save_pretrained"
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise CLIError(f"no SLIM model at {name} (the folder has no model_index.json; {what})")
         try:
-            bs = SLIMBitstream.load(path)
-        except (SLIMBitstreamError, OSError) as err:
-            print(f"{path}: error: {err}", file=sys.stderr)
-            status = 1
-            continue
-        total = bs.num_bytes
-        print(f"{path}")
-        print(f"  format version   {bs.version}")
-        print(f"  image size       {bs.width}×{bs.height}")
-        print(f"  model            {bs.fingerprint.hex()}")
-        print(f"  caption          {bs.caption!r} ({len(compress_caption(bs.caption))} bytes compressed)")
-        print(f"  payload          {len(bs.payload)} bytes")
-        print(f"  file             {total} bytes")
-        print(f"  bits per pixel   {bs.bits_per_pixel:.4f}")
-    return status
+            class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (ValueError, AttributeError):
+            raise CLIError(f"no SLIM model at {name} (its model_index.json is not valid JSON)") from None
+        if class_name != "SLIMPipeline":
+            raise CLIError(f"no SLIM model at {name} (its model_index.json describes a {class_name}; {what})")
+        return _Model(name, str(path))
+    if path.exists():
+        raise CLIError(f"no SLIM model at {name} (it is a file; {what})")
+    if not _could_be_hub_id(name):
+        raise CLIError(f"no SLIM model at {name} (no such folder)")
+    return _Model(name, name)
 
 
-def _load_pipeline(model: str, sender_only: bool, device: Optional[str]):
-    from .pipelines.pipeline_slim import SLIMPipeline
+def _hub_failure(name: str) -> str:
+    from huggingface_hub import constants
 
+    why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if constants.HF_HUB_OFFLINE
+           else "no such model, or the Hub cannot be reached")
+    return (f"could not fetch the SLIM model {name} from the Hugging Face Hub ({why}); for a model on this machine "
+            f"pass its folder, e.g. --model ./my-slim, or --model {BUNDLED_MODEL} for the bundled toy model")
+
+
+def _quiet_loading() -> None:
+    """No progress bars for loading weights from disk (downloads keep huggingface_hub's)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_pipeline(model: _Model, sender_only: bool, device: Optional[str]):
+    import diffusers
+
+    from . import SLIMPipeline
+
+    _quiet_loading()
     kwargs = {}
     if sender_only:
-        # a sender needs the VAE encoder and the codec, nothing of the diffusion decoder
+        # a sender (or a decoder without diffusion) needs the VAE and the codec, nothing of the diffusion decoder
         kwargs = dict(unet=None, controlnet=None, text_encoder=None, tokenizer=None)
-    pipe = SLIMPipeline.from_pretrained(model, **kwargs)
+    local = Path(model.location).is_dir()
+    verbosity = diffusers.utils.logging.get_verbosity()
+    if not local:  # a failed Hub look-up is reported in one line below, not in diffusers' several
+        diffusers.utils.logging.set_verbosity_error()
+    try:
+        pipe = SLIMPipeline.from_pretrained(model.location, **kwargs)
+    except (OSError, ValueError):
+        if local:
+            raise  # a local model that fails to load says why itself
+        raise CLIError(_hub_failure(model.name)) from None
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
     if device:
         pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _output_path(out_dir, source: str, suffix: str, force: bool):
-    from pathlib import Path
+def _decode_settings(args, model: _Model) -> dict:
+    """``num_inference_steps`` and ``strength``: the command line's, else the model's own, else the pipeline's."""
+    steps = getattr(args, "steps", None)
+    strength = getattr(args, "strength", None)
+    return {
+        "num_inference_steps": steps if steps is not None else model.decode.get("num_inference_steps", DEFAULT_STEPS),
+        "strength": strength if strength is not None else model.decode.get("strength", DEFAULT_STRENGTH),
+    }
 
-    path = Path(out_dir) / (Path(source).stem + suffix)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    return path
+
+def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model: _Model) -> None:
+    expected = pipe.decompressor.fingerprint()
+    errors = [
+        f"SLIMModelMismatchError: {f}: written by model {bs.fingerprint.hex()}, but --model {model.name} is model "
+        f"{expected.hex()}; decode it with the model that wrote it"
+        for f, bs in zip(files, bitstreams)
+        if bs.fingerprint != expected
+    ]
+    if errors:
+        raise CLIError(*errors)
+
+
+def _write_png(path: Path, image) -> None:
+    from .utils.file_utils import write_atomically
+
+    write_atomically(path, lambda f: image.save(f, format="PNG"))
 
 
 def _print_summary(bpps, total_bytes: int, out_dir) -> None:
     print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
 
 
+# ------------------------------------------------------------------------------------------------ commands
+def _cmd_info(args) -> int:
+    from .coding.bitstream import compress_caption
+
+    errors = []
+    for path in args.files:
+        try:
+            bs = _check_slim_file(path, limit=False)  # a header is printed whatever size it claims
+        except CLIError as err:
+            errors.extend(err.messages)
+            continue
+        print(f"{path}")
+        print(f"  format version   {bs.version}")
+        print(f"  image size       {bs.width}×{bs.height}")
+        print(f"  model            {bs.fingerprint.hex()}")
+        print(f"  caption          {bs.caption!r} ({len(compress_caption(bs.caption))} bytes compressed)")
+        print(f"  payload          {len(bs.payload)} bytes")
+        print(f"  file             {bs.num_bytes} bytes")
+        print(f"  bits per pixel   {bs.bits_per_pixel:.4f}")
+    if errors:
+        raise CLIError(*errors)
+    return 0
+
+
 def _cmd_compress(args) -> int:
-    from pathlib import Path
+    sources = _check_each(args.images, _check_image)
+    out = _OutputFolder(args.output_dir, force=args.force)
+    if len({s.stem for s in sources}) != len(sources):
+        raise CLIError("several inputs have the same file name stem; compress them into different folders")
+    targets = _check_each([s.stem + ".slim" for s in sources], out.target)
+    model = _resolve_model(args.model)
 
     from PIL import Image
     from tqdm.auto import tqdm
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    targets = [_output_path(out_dir, f, ".slim", args.force) for f in args.images]  # refuse before any work
-    if len(set(targets)) != len(targets):
-        raise SystemExit("error: several inputs have the same file name stem; compress them into different folders")
-    pipe = _load_pipeline(args.model, sender_only=True, device=args.device)
+    pipe = _load_pipeline(model, sender_only=True, device=args.device)
     total_bytes, bpps = 0, []
-    for source, target in tqdm(list(zip(args.images, targets)), desc="compress", unit="img"):
-        with Image.open(source) as image:
-            image.load()
-            (bs,) = pipe.compress(image, captions=args.caption)
-        total_bytes += bs.save(target)
-        bpps.append(bs.bits_per_pixel)
-    _print_summary(bpps, total_bytes, out_dir)
+    with out:
+        for source, target in tqdm(list(zip(sources, targets)), desc="compress", unit="img"):
+            with Image.open(source) as image:
+                image.load()
+                (bs,) = pipe.compress(image, captions=args.caption)
+            out.create()
+            total_bytes += bs.save(target)
+            bpps.append(bs.bits_per_pixel)
+    _print_summary(bpps, total_bytes, out.path)
     return 0
 
 
 def _cmd_decompress(args) -> int:
-    from pathlib import Path
+    bitstreams = _check_each(args.files, lambda f: _check_slim_file(f, args.max_pixels))
+    out = _OutputFolder(args.output_dir, force=args.force)
+    targets = _check_each([Path(f).stem + ".png" for f in args.files], out.target)
+    if len(set(targets)) != len(targets):
+        raise CLIError("several inputs have the same file name stem; decode them into different folders")
+    model = _resolve_model(args.model)
 
     import torch
     from tqdm.auto import tqdm
 
-    from .bitstream import SLIMBitstream
+    from .errors import SLIMBitstreamError
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    targets = [_output_path(out_dir, f, ".png", args.force) for f in args.files]
-    bitstreams = [SLIMBitstream.load(f) for f in args.files]  # every file is checked before any model loads
-    pipe = _load_pipeline(args.model, sender_only=False, device=args.device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load_pipeline(model, sender_only=args.no_diffusion, device=args.device)
+    _check_fingerprints(args.files, bitstreams, pipe, model)
+    settings = _decode_settings(args, model)
     generator = torch.Generator().manual_seed(args.seed)
-    total_bytes, bpps = 0, []
-    for bs, target in tqdm(list(zip(bitstreams, targets)), desc="decompress", unit="img"):
-        image = pipe.decompress(
-            bs,
-            num_inference_steps=args.steps,
-            strength=args.strength,
-            use_diffusion=not args.no_diffusion,
-            generator=generator,
-        ).images[0]
-        write_atomically(target, lambda f: image.save(f, format="PNG"))
-        total_bytes += bs.num_bytes
-        bpps.append(bs.bits_per_pixel)
-    _print_summary(bpps, total_bytes, out_dir)
+    total_bytes, bpps, errors = 0, [], []
+    with out:
+        for path, bs, target in tqdm(list(zip(args.files, bitstreams, targets)), desc="decompress", unit="img"):
+            try:
+                image = pipe.decompress(bs, use_diffusion=not args.no_diffusion, generator=generator,
+                                        max_pixels=args.max_pixels, **settings).images[0]
+            except SLIMBitstreamError as err:  # a payload found corrupt while decoding: the other files go on
+                errors.append(f"{type(err).__name__}: {path}: {err}")
+                continue
+            out.create()
+            _write_png(target, image)
+            total_bytes += bs.num_bytes
+            bpps.append(bs.bits_per_pixel)
+    if bpps:
+        _print_summary(bpps, total_bytes, out.path)
+    if errors:
+        raise CLIError(*errors)
     return 0
 
 
 def _cmd_inspect(args) -> int:
-    from pathlib import Path
+    bs = _check_slim_file(args.file, args.max_pixels)
+    target = Path(args.output)
+    out = _OutputFolder(target.parent, force=args.force)
+    out.target(target.name)
+    model = _resolve_model(args.model)
 
     import torch
 
-    from .bit_allocation import bitstream_bit_allocation, draw_bit_allocation
-    from .bitstream import SLIMBitstream
+    from .coding.bit_allocation import bitstream_bit_allocation, draw_bit_allocation
 
-    bs = SLIMBitstream.load(args.file)
-    target = Path(args.output)
-    if target.exists() and not args.force:
-        raise FileExistsError(f"{target} exists; pass --force to overwrite it")
-    pipe = _load_pipeline(args.model, sender_only=args.no_diffusion, device=args.device)
-    pipe.set_progress_bar_config(disable=True)
-    image = pipe.decompress(bs, num_inference_steps=args.steps, use_diffusion=not args.no_diffusion,
-                            generator=torch.Generator().manual_seed(args.seed)).images[0]
-    bits, stride = bitstream_bit_allocation(pipe, bs)
-    total = float(bits.sum())
-    per_pixel = draw_bit_allocation(image, bits, target, stride=stride,
-                                    title=f"{Path(args.file).name}: {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
+    pipe = _load_pipeline(model, sender_only=args.no_diffusion, device=args.device)
+    _check_fingerprints([args.file], [bs], pipe, model)
+    with out:
+        image = pipe.decompress(bs, use_diffusion=not args.no_diffusion, max_pixels=args.max_pixels,
+                                generator=torch.Generator().manual_seed(args.seed), **_decode_settings(args, model)).images[0]
+        bits, stride = bitstream_bit_allocation(pipe, bs)
+        total = float(bits.sum())
+        out.create()
+        per_pixel = draw_bit_allocation(image, bits, target, stride=stride,
+                                        title=f"{Path(args.file).name}: {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
     print(f"{args.file}: payload {len(bs.payload)} bytes, entropy model {total / 8:.1f} bytes over "
           f"{bits.shape[0]}×{bits.shape[1]} positions of {stride}×{stride} pixels ({per_pixel.sum() / 8:.1f} bytes "
           f"inside the image, the rest on padding; max {float(bits.max()):.1f} bits) -> {target}")
     return 0
 
 
-def _load_eval_dataset(name_or_dir: str, split: str):
-    from pathlib import Path
-
-    import datasets
-
-    from .evaluation.errors import EvaluationSetupError
-
-    if Path(name_or_dir).is_dir():
-        ds = datasets.load_from_disk(name_or_dir)
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise EvaluationSetupError(f"{name_or_dir} has splits {list(ds)}, not {split!r}; pick one with --split")
-            ds = ds[split]
-        return ds
-    try:
-        return datasets.load_dataset(name_or_dir, split=split)
-    except (OSError, ValueError) as err:
-        raise EvaluationSetupError(f"could not load the dataset {name_or_dir!r} (split {split!r}): {err}") from None
-
-
-def _plugin_codecs(spec: str) -> list:
-    """``--codec package.module:factory``: ``factory()`` returns a codec or a list of codecs."""
-    import importlib
-
-    from .evaluation.errors import EvaluationSetupError
-
-    module, _, attr = spec.partition(":")
-    if not module or not attr:
-        raise EvaluationSetupError(f"--codec {spec!r}: expected MODULE:CALLABLE, e.g. my_codecs:make_codec")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise EvaluationSetupError(f"--codec {spec!r}: {err}") from None
-    made = factory()
-    return list(made) if isinstance(made, (list, tuple)) else [made]
-
-
 def _cmd_evaluate(args) -> int:
-    import time
+    models = [_resolve_model(m) for m in args.model]
+    # the bundled model brings its own decoding settings; several models are decoded alike, so they apply only
+    # when every model is the bundled one
+    own = models[0] if models and all(m.name == BUNDLED_MODEL for m in models) else _Model("", "")
+    settings = _decode_settings(args, own)
+    _quiet_loading()
+
     from datetime import timedelta
-    from pathlib import Path
 
     from accelerate import PartialState
 
-    from .distributed import use_cpu_workers
-    from .evaluation.baselines import CompressAICodec, PillowCodec
-    from .evaluation.codecs import SLIMCodec, rate_point_labels
-    from .evaluation.errors import EvaluationSetupError
-    from .evaluation.harness import Classifier, Evaluation, Sample, latest_rows
-    from .evaluation.report import write_report
+    from .evaluation.codecs import rate_point_labels
+    from .evaluation.harness import Classifier
+    from .evaluation.run import build_codecs, format_report, load_dataset_for_evaluation, run_evaluation
+    from .utils.distributed import use_cpu_workers
 
-    t0 = time.perf_counter()
-    state = PartialState(
-        cpu=use_cpu_workers(),
-        # shards finish at different times: the barrier before the merge must outwait the slowest one
-        timeout=timedelta(hours=args.merge_timeout_hours),
+    # shards finish at different times: the barrier before the merge must outwait the slowest one
+    state = PartialState(cpu=use_cpu_workers(), timeout=timedelta(hours=args.merge_timeout_hours))
+    dataset = load_dataset_for_evaluation(args.dataset, args.split)
+    codecs = build_codecs(
+        models=[m.location for m in models], num_inference_steps=settings["num_inference_steps"],
+        strength=settings["strength"], seed=args.seed,
+        no_diffusion_curve=args.no_diffusion_curve, baselines=args.baselines, qualities=args.qualities,
+        compressai=args.compressai, compressai_qualities=args.compressai_qualities, plugins=args.codec,
+        device=state.device,
     )
-    out_dir = Path(args.output_dir)
-
-    ds = _load_eval_dataset(args.dataset, args.split)
-    for column in (args.image_column, args.label_column):
-        if column not in ds.column_names:
-            raise EvaluationSetupError(f"the dataset has no column {column!r} (it has {ds.column_names})")
-    n = len(ds) if args.num_samples is None else min(args.num_samples, len(ds))
-    caption_column = args.caption_column if args.caption_column in ds.column_names else None
-
-    # every codec and classifier is loaded (and may fail) before any image is coded
-    codecs = []
-    if len(set(args.model)) != len(args.model):
-        raise EvaluationSetupError(f"--model lists a model twice: {args.model}")
-    if args.model:
-        from .pipelines.pipeline_slim import SLIMPipeline
-
-        pipelines = {}
-        for label, model in zip(rate_point_labels(args.model), args.model):
-            try:
-                pipe = SLIMPipeline.from_pretrained(model).to(state.device)
-            except OSError as err:
-                raise EvaluationSetupError(f"could not load the SLIM model {model!r}: {err}") from None
-            pipe.set_progress_bar_config(disable=True)
-            pipelines[label] = pipe
-        slim = dict(num_inference_steps=args.steps, strength=args.strength, seed=args.seed)
-        codecs.append(SLIMCodec(pipelines, name="SLIM", **slim))
-        if args.no_diffusion_curve:
-            codecs.append(SLIMCodec(pipelines, name="SLIM w/o diffusion", use_diffusion=False, **slim))
-    codecs += [PillowCodec(fmt, qualities=args.qualities) for fmt in args.baselines]
-    codecs += [CompressAICodec.from_zoo(arch, args.compressai_qualities) for arch in args.compressai]
-    for spec in args.codec:
-        codecs += _plugin_codecs(spec)
-    if not codecs:
-        raise EvaluationSetupError("nothing to evaluate: give --model, --baselines, --compressai or --codec")
     classifiers = [Classifier.from_pretrained(c, device=state.device) for c in args.classifiers]
-
-    label_feature = ds.features[args.label_column]
-    for clf in classifiers:
-        if getattr(label_feature, "num_classes", clf.num_labels) != clf.num_labels:
-            raise EvaluationSetupError(
-                f"the dataset has {label_feature.num_classes} classes but {clf.name} outputs {clf.num_labels}; "
-                "the classifier must be trained on the dataset's labels"
-            )
-    names = [c.name for c in codecs]
-    anchor = args.anchor or ("JPEG" if "JPEG" in names else names[0])
-    if anchor not in names:
-        raise EvaluationSetupError(f"anchor codec {anchor!r} is not evaluated; choose one of {names}")
-
-    shard = f".rank{state.process_index}" if state.num_processes > 1 else ""
-    evaluation = Evaluation(out_dir, codecs, classifiers, shard=shard, keep_bitstreams=not args.discard_bitstreams)
-    found = len(evaluation.done)
-
-    def sample(i: int) -> Sample:
-        item = ds[i]
-        caption = item[caption_column] if caption_column else None
-        return Sample(index=i, image=item[args.image_column], label=int(item[args.label_column]), caption=caption)
-
-    with state.split_between_processes(list(range(n))) as mine:
-        written = evaluation.run(sample(i) for i in mine)
-    print(f"process {state.process_index}: {written} rows written, {found} found finished -> {evaluation.rows_path}")
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    run = run_evaluation(
+        args.output_dir, dataset, codecs, classifiers, image_column=args.image_column, label_column=args.label_column,
+        caption_column=args.caption_column, num_samples=args.num_samples, anchor=args.anchor,
+        envelope=args.monotone_envelope, keep_bitstreams=not args.discard_bitstreams, batch_size=args.batch_size,
+        state=state,
+        extra={"slim_models": dict(zip(rate_point_labels([m.location for m in models]), args.model))},
+    )
+    print(f"process {state.process_index}: {run.rows_written} rows written, {run.rows_found} found finished "
+          f"-> {run.rows_path}")
+    if run.report is None:
         return 0
-
-    keys = evaluation.keys(range(n))
-    rows = latest_rows(out_dir, keys)
-    clf_names = [c.name for c in classifiers]
-    models = {label: model for label, model in zip(rate_point_labels(args.model), args.model)}
-    report = write_report(out_dir, rows, clf_names, anchor, images=n, seconds=time.perf_counter() - t0,
-                          expected_rows=len(keys), extra={"slim_models": models}, envelope=args.monotone_envelope)
-    print((out_dir / "bd_rate.md").read_text(encoding="utf-8"))
-    print(f"{'codec':<22}{'rate point':<24}{'images':>7}{'bpp':>9}  top-1 / top-5 (%)")
-    for codec, points in report["codecs"].items():
-        for point, e in points.items():
-            accs = ", ".join(f"{Path(c).name} {e['top1'][c]:.1f}/{e['top5'][c]:.1f}" for c in clf_names)
-            print(f"{codec:<22}{point[-23:]:<24}{e['images']:>7}{e['mean_bpp']:>9.4f}  {accs}")
-    if not report["complete"]:
-        print(f"warning: {report['rows']} of {len(keys)} rows present; run the same command again to finish",
-              file=sys.stderr)
-    print(f"summary.json, rate_accuracy.png, bd_rate.md -> {out_dir}")
+    print(format_report(run.report, args.output_dir))
+    if not run.report["complete"]:
+        print(f"warning: {run.report['rows']} rows present, fewer than a complete run has; run the same command "
+              "again to finish", file=sys.stderr)
+    print(f"summary.json, rate_accuracy.png, bd_rate.md -> {Path(args.output_dir)}")
     return 0
 
 
 def _cmd_demo(args) -> int:
-    import json
-    from pathlib import Path
+    bundled = sorted((ASSETS / "images").glob("*.png"))
+    sources = bundled + _check_each(args.images, _check_image)
+    out = _OutputFolder(args.output_dir, force=True)  # the demo's own folder: run it again, it writes again
+    model = _resolve_model(args.model)
+    classifier_dir = Path(args.classifier) if args.classifier else (
+        ASSETS / "toy" / "classifier" if args.model == BUNDLED_MODEL else None)
+    if classifier_dir is not None and not (classifier_dir / "config.json").is_file():
+        raise CLIError(f"no classifier at {classifier_dir} (a folder written by save_pretrained)")
+    decode = _decode_settings(args, model)
 
     import torch
     from PIL import Image
 
-    from .bit_allocation import bitstream_bit_allocation, draw_bit_allocation
-    from .pipelines.pipeline_slim import SLIMPipeline
+    from .coding.bit_allocation import bitstream_bit_allocation, draw_bit_allocation
+    from .coding.bitstream import MAX_SIDE
 
-    assets = Path(__file__).resolve().parent / "assets"
-    bundled = sorted((assets / "images").glob("*.png"))
-    sources = bundled + [Path(p) for p in args.images]
-    model = Path(args.model) if args.model else assets / "toy" / "slim"
-    classifier_dir = Path(args.classifier) if args.classifier else assets / "toy" / "classifier"
-    settings_file = assets / "toy" / "demo.json"
-    decode = json.loads(settings_file.read_text())["decode"] if settings_file.is_file() and not args.model else {}
-    decode = {k: v for k, v in decode.items() if k in ("num_inference_steps", "strength")}
-    if args.steps is not None:
-        decode["num_inference_steps"] = args.steps
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    pipe = SLIMPipeline.from_pretrained(str(model))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load_pipeline(model, sender_only=False, device=None)
     classifier = None
-    if classifier_dir.is_dir():
+    if classifier_dir is not None:
         from .evaluation.harness import Classifier
 
         classifier = Classifier.from_pretrained(str(classifier_dir))
     names = classifier.model.config.id2label if classifier else {}
-    print(f"model: {model}")
-    print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode or 'pipeline defaults'}")
+    print(f"model: {model.name} ({model.location})" if model.name != model.location else f"model: {model.name}")
+    print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode}")
     print(f"{'file':<22}{'size':>8}{'bytes':>7}{'bpp':>8}  {'true class':<16}{'decoded as':<16}caption")
     total, bpps, correct, labelled = 0, [], 0, 0
-    for source in sources:
-        with Image.open(source) as image:
-            image.load()
-        # bundled images are named after their class ("red_circle.png" -> "red circle"); the caption names it
-        # too, as the generator's captions do in the toy world (they stand in for BLIP-2)
-        true = source.stem.replace("_", " ") if source in bundled else ""
-        caption = args.caption if args.caption is not None else (f"a {true}" if true else "")
-        (bs,) = pipe.compress(image, captions=caption)
-        size = bs.save(out_dir / f"{source.stem}.slim")
-        decoded = pipe.decompress(bs, generator=torch.Generator().manual_seed(0), **decode).images[0]
-        decoded.save(out_dir / f"{source.stem}.png")
-        bits, stride = bitstream_bit_allocation(pipe, bs)
-        draw_bit_allocation(decoded, bits, out_dir / f"{source.stem}_bits.png", stride=stride,
-                            title=f"{source.name}: {size} bytes, {bs.bits_per_pixel:.3f} bpp")
-        predicted = names.get(classifier.top5(decoded)[0], "?") if classifier else "-"
-        if true and classifier:
-            labelled += 1
-            correct += predicted == true
-        total += size
-        bpps.append(bs.bits_per_pixel)
-        shown = f"{image.width}x{image.height}"
-        print(f"{source.name:<22}{shown:>8}{size:>7}{bs.bits_per_pixel:>8.4f}  {true or '-':<16}{predicted:<16}{caption!r}")
+    with out:
+        out.create()
+        for source in sources:
+            with Image.open(source) as image:
+                image.load()
+            # bundled images are named after their class ("red_circle.png" -> "red circle"); the caption names it
+            # too, as the generator's captions do in the toy world (they stand in for BLIP-2)
+            true = source.stem.replace("_", " ") if source in bundled else ""
+            caption = args.caption if args.caption is not None else (f"a {true}" if true else "")
+            (bs,) = pipe.compress(image, captions=caption)
+            size = bs.save(out.path / f"{source.stem}.slim")
+            # the demo decodes what it just coded from the user's own images: no decoding limit beyond the format's
+            decoded = pipe.decompress(bs, generator=torch.Generator().manual_seed(0), max_pixels=MAX_SIDE * MAX_SIDE,
+                                      **decode).images[0]
+            _write_png(out.path / f"{source.stem}.png", decoded)
+            bits, stride = bitstream_bit_allocation(pipe, bs)
+            draw_bit_allocation(decoded, bits, out.path / f"{source.stem}_bits.png", stride=stride,
+                                title=f"{source.name}: {size} bytes, {bs.bits_per_pixel:.3f} bpp")
+            predicted = names.get(classifier.top5(decoded)[0], "?") if classifier else "-"
+            if true and classifier:
+                labelled += 1
+                correct += predicted == true
+            total += size
+            bpps.append(bs.bits_per_pixel)
+            shown = f"{image.width}x{image.height}"
+            print(f"{source.name:<22}{shown:>8}{size:>7}{bs.bits_per_pixel:>8.4f}  {true or '-':<16}{predicted:<16}{caption!r}")
     print(f"{len(bpps)} images, {total} bytes, mean {sum(bpps) / len(bpps):.4f} bpp"
           + (f"; {correct}/{labelled} bundled images decoded as their class" if labelled else ""))
-    print(f"-> {out_dir}: .slim files, decoded PNGs and bit-allocation maps (*_bits.png)")
+    print(f"-> {out.path}: .slim files, decoded PNGs and bit-allocation maps (*_bits.png)")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slim", description="SLIM: low-bitrate image compression for machines")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
-    p = sub.add_parser("info", help="print the header and bits per pixel of .slim files")
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported in one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command (`slim --debug decompress ...`, `slim decompress ... --debug`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, print the traceback too")
+    parser = _Parser(prog="slim", description="SLIM: low-bitrate image compression for machines",
+                                     epilog="Exit status: 0 done, 2 a mistake in the inputs or a named error (one "
+                                     "line each on stderr), 1 anything else, 130 interrupted.")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
+    sub = parser.add_subparsers(dest="command", required=True)
+    model_help = (f"the SLIM model: a folder written by SLIMPipeline.save_pretrained, a Hub id (owner/name), or "
+                  f"`{BUNDLED_MODEL}` for the bundled toy model")
+    steps_help = f"denoising steps (default: {DEFAULT_STEPS}, or the bundled model's own with --model {BUNDLED_MODEL})"
+    strength_help = (f"1 = sample from noise; < 1 = start from the noised transmitted latent (default: "
+                     f"{DEFAULT_STRENGTH:g}, or the bundled model's own with --model {BUNDLED_MODEL})")
+    max_pixels_help = ("refuse files claiming images of more pixels (default: 4096×4096 = 16777216; see "
+                       "slim_diffusers.coding.bitstream.MAX_IMAGE_PIXELS)")
+
+    p = sub.add_parser("info", parents=[common], help="print the header and bits per pixel of .slim files")
     p.add_argument("files", nargs="+", help=".slim files")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("compress", help="compress images into .slim files")
+    p = sub.add_parser("compress", parents=[common], help="compress images into .slim files")
     p.add_argument("images", nargs="+", help="image files (any mode and size Pillow reads)")
-    p.add_argument("--model", required=True, help="a saved SLIM pipeline: Hub id or local directory")
+    p.add_argument("--model", required=True, help=model_help)
     p.add_argument("-o", "--output-dir", required=True, help="folder for the .slim files")
     p.add_argument("--caption", default=None, help="caption to send with every image (default: none)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing .slim files")
     p.set_defaults(func=_cmd_compress)
 
-    p = sub.add_parser("decompress", help="decode .slim files into PNG images")
+    p = sub.add_parser("decompress", parents=[common], help="decode .slim files into PNG images")
     p.add_argument("files", nargs="+", help=".slim files")
-    p.add_argument("--model", required=True, help="the SLIM pipeline that wrote the files: Hub id or directory")
+    p.add_argument("--model", required=True, help=model_help + "; it must be the model that wrote the files")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the PNG images")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
-    p.add_argument("--strength", type=float, default=1.0, help="1 = sample from noise; <1 = start from noised ẑ")
+    p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
+    p.add_argument("--strength", type=_strength, default=None, help=strength_help)
     p.add_argument("--no-diffusion", action="store_true", help="decode ẑ with the VAE directly (ablation)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, help=max_pixels_help)
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing PNG files")
     p.set_defaults(func=_cmd_decompress)
 
     p = sub.add_parser(
         "evaluate",
+        parents=[common],
         help="rate–accuracy evaluation of SLIM and baselines on a labelled dataset",
         description="Compress, decode and classify every image with every codec and rate point, writing the bytes to "
         "OUT_DIR/bitstreams; rows go to OUT_DIR/rows*.jsonl, results to summary.json, rate_accuracy.png and "
         "bd_rate.md. Run it again to resume; run it under `accelerate launch` to shard the images.",
     )
     p.add_argument("--model", nargs="*", default=[],
-                   help="SLIM pipelines (Hub ids or directories), one rate point each")
+                   help=f"SLIM pipelines (Hub ids, directories, or `{BUNDLED_MODEL}`), one rate point each")
     p.add_argument("--dataset", required=True, help="a Hub dataset name or a directory written by save_to_disk")
     p.add_argument("--split", default="validation", help="split of the dataset (default: validation)")
     p.add_argument("--image-column", default="image")
@@ -400,47 +584,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monotone-envelope", action="store_true",
                    help="compare BD deltas on each curve's monotone envelope (drop points that gain no accuracy "
                    "over a cheaper point); saturated accuracy curves otherwise have no BD-rate")
-    p.add_argument("--steps", type=int, default=20, help="SLIM denoising steps (default: 20)")
-    p.add_argument("--strength", type=float, default=1.0, help="SLIM decoding strength (default: 1)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"SLIM denoising steps (default: {DEFAULT_STEPS}; the bundled model's own with --model {BUNDLED_MODEL})")
+    p.add_argument("--strength", type=_strength, default=None,
+                   help=f"SLIM decoding strength (default: {DEFAULT_STRENGTH:g}; the bundled model's own with --model {BUNDLED_MODEL})")
     p.add_argument("--seed", type=int, default=0, help="seed of SLIM's sampling noise, the same for every image")
     p.add_argument("--discard-bitstreams", action="store_true", help="delete each file once measured and decoded")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images decoded and classified together (faster; the bytes are the same)")
     p.add_argument("--merge-timeout-hours", type=float, default=48.0,
                    help="how long finished processes wait for the others before the merge (default: 48)")
     p.add_argument("-o", "--output-dir", required=True)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("inspect", help="draw the bit allocation of a .slim file over its decoded image")
+    p = sub.add_parser("inspect", parents=[common], help="draw the bit allocation of a .slim file over its decoded image")
     p.add_argument("file", help="a .slim file")
-    p.add_argument("--model", required=True, help="the SLIM pipeline that wrote it")
+    p.add_argument("--model", required=True, help=model_help + "; it must be the model that wrote the file")
     p.add_argument("-o", "--output", required=True, help="PNG to write")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
+    p.add_argument("--strength", type=_strength, default=None, help=strength_help)
     p.add_argument("--no-diffusion", action="store_true", help="draw over ẑ decoded by the VAE alone")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-pixels", type=_positive_int, default=None, help=max_pixels_help)
     p.add_argument("--device", default=None)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("demo", help="compress, decode and classify the bundled images with the bundled toy model (offline)")
+    p = sub.add_parser("demo", parents=[common],
+                       help="compress, decode and classify the bundled images with the bundled toy model (offline)")
     p.add_argument("images", nargs="*", help="more images to include (sent without a caption unless --caption)")
-    p.add_argument("--model", default=None, help="a saved SLIM pipeline (default: the bundled toy model)")
-    p.add_argument("--classifier", default=None, help="classifier of the decoded images (default: the bundled toy one)")
+    p.add_argument("--model", default=BUNDLED_MODEL, help=f"the SLIM model (default: {BUNDLED_MODEL}, the bundled one)")
+    p.add_argument("--classifier", default=None,
+                   help="classifier of the decoded images (default: the bundled toy one with the bundled model)")
     p.add_argument("-o", "--output-dir", default="demo_output")
     p.add_argument("--caption", default=None, help="caption for every image (default: bundled images' class names)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundled model's setting)")
+    p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
+    p.add_argument("--strength", type=_strength, default=None, help=strength_help)
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
+def _configure_runtime() -> None:
+    """Process settings for the command line, made before torch is imported."""
+    # OpenMP's idle worker threads spin for a while before they sleep; on a machine where anything else runs they
+    # take the cores from the threads that have work, and `slim demo` ran 7× slower beside one busy process
+    # (README "Threads"). Passive waiting costs nothing measurable when the machine is idle.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import warnings
+
+    # raised by torchvision, which CompressAI imports; nothing a user of this command can act on
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    _configure_runtime()
     try:
         return args.func(args)
-    except (FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("slim: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as err:
+        for message in err.messages:
+            print(f"error: {_one_line(message)}", file=sys.stderr)
         return 2
-    except ValueError as err:  # SLIMBitstreamError and SLIMModelMismatchError are ValueErrors
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    except ValueError as err:  # the package's named errors (SLIMBitstreamError, EvaluationSetupError, ...) say what to do
+        _traceback(debug)
+        print(f"error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # files the checks could not foresee (a full disk, permissions changed meanwhile)
+        _traceback(debug)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{_one_line(err.strerror or err)}", file=sys.stderr)
+        return 2 if err.filename else 1
+    except Exception as err:  # noqa: BLE001 — the command line's last word: one line, not a traceback
+        _traceback(debug)
+        hint = "" if debug else " (run again with --debug for the traceback)"
+        print(f"error: {type(err).__name__}: {_one_line(err)}{hint}", file=sys.stderr)
+        return 1
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

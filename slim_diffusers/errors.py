@@ -7,3 +7,12 @@ class SLIMBitstreamError(ValueError):
 
 class SLIMModelMismatchError(ValueError):
     """A bitstream or component was written by weights other than the ones asked to read it."""
+
+
+class SLIMDecodeLimitError(SLIMBitstreamError):
+    """A ``.slim`` file claims an image larger than the decoder's pixel limit
+    (:data:`slim_diffusers.coding.bitstream.MAX_IMAGE_PIXELS`, in the spirit of Pillow's ``MAX_IMAGE_PIXELS``).
+
+    A file of a few dozen bytes can claim up to 16384×16384 pixels, and decoding costs time and memory in
+    proportion to the size claimed; the limit keeps an untrusted file from taking more than a large image's worth.
+    """

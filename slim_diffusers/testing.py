@@ -210,7 +210,7 @@ def tiny_caption_tokenizer(model_max_length: int = 64):
 def tiny_blip2(seed: int = 0, image_size: int = 32, num_query_tokens: int = 4):
     """A tiny ``Blip2ForConditionalGeneration`` (ViT + Q-Former + OPT) and its ``Blip2Processor``, in code.
 
-    The same classes as ``Salesforce/blip2-opt-2.7b``, so :mod:`slim_diffusers.captioning` and the dataset
+    The same classes as ``Salesforce/blip2-opt-2.7b``, so :mod:`slim_diffusers.semantics.captioning` and the dataset
     builder run on it unchanged. Weights are drawn with a large initialiser range (0.5) so that the random
     model's greedy captions depend on the image (a small one writes the same string for every input).
     """
@@ -273,7 +273,10 @@ def _save_tiny_codec(out_dir: str, seed: int) -> None:
 
 
 def _save_tiny_roi_models(out_dir: str, seed: int, image_size: int = 64) -> None:
-    classifier, image_processor = tiny_classifier(seed=seed, image_size=image_size)
+    from .toy_world import CLASS_NAMES
+
+    # the toy world's classes, so that stage 2's task loss and Grad-CAM can take the tiny datasets' labels
+    classifier, image_processor = tiny_classifier(num_labels=len(CLASS_NAMES), seed=seed, image_size=image_size)
     classifier.save_pretrained(os.path.join(out_dir, "classifier"))
     image_processor.save_pretrained(os.path.join(out_dir, "classifier"))
     captioner, processor = tiny_blip2(seed=seed)
@@ -284,16 +287,16 @@ def _save_tiny_roi_models(out_dir: str, seed: int, image_size: int = 64) -> None
 def save_tiny_dataset(out_dir: str, num_images: int = 16, seed: int = 0, image_size: int = 64, batch_size: int = 8):
     """A small training dataset (``image``, ``label``, ``roi_mask``, ``caption``) written with ``save_to_disk``.
 
-    Built by :func:`slim_diffusers.dataset_builder.build_dataset` — the machinery of
+    Built by :func:`slim_diffusers.training.dataset_builder.build_dataset` — the machinery of
     ``training/prepare_dataset.py`` — from toy-world images (:mod:`slim_diffusers.toy_world`), with
     :func:`tiny_classifier` for the Grad-CAM masks and :func:`tiny_blip2` for the captions. The models are
     random, so masks and captions carry no meaning; the columns, formats and code path are the real ones.
     """
     from . import toy_world
-    from .dataset_builder import BuildConfig, build_dataset, make_annotator, resolve_cam_target
+    from .training.dataset_builder import BuildConfig, build_dataset, make_annotator, resolve_cam_target
 
     source = toy_world.as_dataset(num_images, seed=seed, size=image_size).select_columns(["image", "label"])
-    classifier, image_processor = tiny_classifier(seed=seed, image_size=image_size)
+    classifier, image_processor = tiny_classifier(num_labels=len(toy_world.CLASS_NAMES), seed=seed, image_size=image_size)
     captioner, processor = tiny_blip2(seed=seed)
     cam_target = resolve_cam_target("auto", list(toy_world.CLASS_NAMES), classifier)
     config = BuildConfig(

@@ -2,7 +2,7 @@
 
 import torch
 
-from slim_diffusers.codec import run_codec
+from slim_diffusers.coding.latents import run_codec
 from slim_diffusers.testing import structured_latents, tiny_codec
 
 

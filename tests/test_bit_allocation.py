@@ -2,9 +2,9 @@ import PIL.Image
 import pytest
 import torch
 
-from slim_diffusers.bit_allocation import bit_allocation, bits_per_pixel_map
+from slim_diffusers.coding.bit_allocation import bit_allocation, bits_per_pixel_map
 from slim_diffusers.cli import main
-from slim_diffusers.codec import compress_latents, estimate_bits
+from slim_diffusers.coding.latents import compress_latents, estimate_bits
 from slim_diffusers.testing import structured_latents, tiny_pipeline
 from slim_diffusers.toy_world import sample
 

@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-from slim_diffusers.bitstream import MAX_CAPTION_BYTES, SLIMBitstream, compress_caption
-from slim_diffusers.codec import compress_latents, decompress_latents
+from slim_diffusers.coding.bitstream import MAX_CAPTION_BYTES, SLIMBitstream, compress_caption
+from slim_diffusers.coding.latents import compress_latents, decompress_latents
 from slim_diffusers.errors import SLIMBitstreamError
 from slim_diffusers.testing import structured_latents, tiny_codec
 
@@ -133,7 +133,7 @@ def test_random_mutations_and_truncations(sample):
 
 FUZZ_PAYLOADS = r"""
 import random, resource, sys, torch
-from slim_diffusers.codec import compress_latents, decompress_latents
+from slim_diffusers.coding.latents import compress_latents, decompress_latents
 from slim_diffusers.errors import SLIMBitstreamError
 from slim_diffusers.testing import structured_latents, tiny_codec
 compressor, decompressor = tiny_codec()

@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from slim_diffusers import toy_world
-from slim_diffusers.bitstream import compress_caption
-from slim_diffusers.captioning import (
+from slim_diffusers.coding.bitstream import compress_caption
+from slim_diffusers.semantics.captioning import (
     caption_bits,
     generate_captions,
     prepare_caption_inputs,
     suppress_non_roi,
     suppression_colour,
 )
-from slim_diffusers.roi import RoIMaskSizeError
+from slim_diffusers.semantics.roi import RoIMaskSizeError
 from slim_diffusers.testing import tiny_blip2
 
 
@@ -92,7 +92,7 @@ def test_mask_of_another_size_is_a_named_error(blip2, images):
 
 
 def test_captioner_save_load_round_trip(blip2, images, tmp_path):
-    from slim_diffusers.captioning import load_captioner
+    from slim_diffusers.semantics.captioning import load_captioner
 
     model, processor = blip2
     model.save_pretrained(tmp_path)

@@ -1,6 +1,8 @@
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -66,20 +68,121 @@ def test_no_silent_overwrite(model_dir, image_files, tmp_path, capsys):
 def test_corrupt_file_gets_a_named_error(model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.slim"
     bad.write_bytes(b"SLIM\x01garbage")
-    assert main(["info", str(bad)]) == 1
+    assert main(["info", str(bad)]) == 2
     assert "CRC" in capsys.readouterr().err
     assert main(["decompress", str(bad), "--model", str(model_dir), "-o", str(tmp_path / "o")]) == 2
     assert "SLIMBitstreamError" in capsys.readouterr().err
-    assert not (tmp_path / "o" / "bad.png").exists()
+    assert not (tmp_path / "o").exists()  # refused before the folder was made
 
 
-def test_decoding_with_the_wrong_model_is_refused(model_dir, image_files, tmp_path, capsys):
+def test_decoding_with_the_wrong_model_is_refused_naming_the_file(model_dir, image_files, tmp_path, capsys):
     other = tmp_path / "other"
     tiny_pipeline(seed=5).save_pretrained(other)
     out = tmp_path / "slim"
-    main(["compress", image_files[0], "--model", str(model_dir), "-o", str(out), "--caption", ""])
-    assert main(["decompress", str(out / "a.slim"), "--model", str(other), "-o", str(tmp_path / "png")]) == 2
-    assert "SLIMModelMismatchError" in capsys.readouterr().err
+    main(["compress", *image_files[:2], "--model", str(model_dir), "-o", str(out), "--caption", ""])
+    capsys.readouterr()
+    files = [str(out / "a.slim"), str(out / "b.slim")]
+    assert main(["decompress", *files, "--model", str(other), "-o", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("SLIMModelMismatchError" in line for line in err)
+    assert files[0] in err[0] and files[1] in err[1] and "bitstream 0" not in err[0]
+    assert not (tmp_path / "png").exists()
+
+
+def test_the_bundled_model_by_name_decodes_with_its_own_settings(tmp_path, capsys):
+    # `--model toy` is the bundled model, decoded with assets/toy/demo.json's settings (the golden files' too)
+    import json
+
+    from tests.golden.update_golden import pixels_sha256
+
+    golden = json.loads((Path(__file__).parent / "golden" / "bundled_toy.json").read_text())
+    source = Path(__file__).parent / "golden" / "bundled_toy" / "red_circle.slim"
+    assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "a")]) == 0
+    decoded = PIL.Image.open(tmp_path / "a" / "red_circle.png")
+    assert pixels_sha256(decoded) == golden["files"]["red_circle"]["pixels_sha256"]
+    assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "b"), "--steps", "2"]) == 0
+    assert pixels_sha256(PIL.Image.open(tmp_path / "b" / "red_circle.png")) != pixels_sha256(decoded)
+
+
+def test_decode_settings_come_from_the_command_line_then_the_model(tmp_path):
+    import argparse
+
+    from slim_diffusers import cli
+
+    toy, other = cli._resolve_model("toy"), cli._Model("x", "x")
+    given = argparse.Namespace(steps=3, strength=None)
+    assert cli._decode_settings(argparse.Namespace(steps=None, strength=None), toy) == {
+        "num_inference_steps": 10, "strength": 0.5}
+    assert cli._decode_settings(given, toy) == {"num_inference_steps": 3, "strength": 0.5}
+    assert cli._decode_settings(given, other) == {"num_inference_steps": 3, "strength": 1.0}
+
+
+# ------------------------------------------------------------------------------------------- mistakes
+def _slim(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "slim_diffusers.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory, model_dir):
+    """Inputs for the mistakes below: a corrupt file, a 27-byte file claiming 16384², a file of another model,
+    a text file named .png, an empty folder, a plain file where a folder is expected."""
+    import struct
+    import zlib
+
+    from slim_diffusers.coding.bitstream import write_uvarint
+
+    root = tmp_path_factory.mktemp("mistakes")
+    (root / "bad.slim").write_bytes(b"SLIM\x01garbage")
+    body = bytearray(b"SLIM\x01")
+    write_uvarint(16384, body)
+    write_uvarint(16384, body)
+    body += bytes(4) + b"\x00\x06" + bytes(6)
+    (root / "bomb.slim").write_bytes(bytes(body) + struct.pack("<I", zlib.crc32(body)))
+    (bs,) = tiny_pipeline(seed=0).compress(PIL.Image.new("RGB", (16, 16)), captions="")
+    bs.save(root / "tiny.slim")
+    (root / "text.png").write_text("not an image")
+    (root / "empty").mkdir()
+    (root / "file").write_text("x")
+    PIL.Image.new("RGB", (16, 16)).save(root / "ok.png")
+    return root
+
+
+MISTAKES = {
+    "missing slim": (["info", "missing.slim"], "missing.slim: no such file"),
+    "missing image": (["compress", "missing.png", "--model", "toy", "-o", "out"], "missing.png: no such file"),
+    "not an image": (["compress", "text.png", "--model", "toy", "-o", "out"], "text.png: not an image"),
+    "no model folder": (["compress", "ok.png", "--model", "./my-model", "-o", "out"], "no SLIM model at ./my-model"),
+    "not a model folder": (["compress", "ok.png", "--model", "empty", "-o", "out"], "no SLIM model at empty"),
+    "hub offline": (["compress", "ok.png", "--model", "org/slim", "-o", "out"], "could not fetch the SLIM model org/slim"),
+    "corrupt file": (["decompress", "bad.slim", "--model", "toy", "-o", "out"], "SLIMBitstreamError: bad.slim"),
+    "bomb": (["decompress", "bomb.slim", "--model", "toy", "-o", "out"], "SLIMDecodeLimitError: bomb.slim"),
+    "other model": (["decompress", "tiny.slim", "--model", "toy", "-o", "out"], "SLIMModelMismatchError: tiny.slim"),
+    "bad flag": (["decompress", "tiny.slim", "--model", "toy", "-o", "out", "--steps", "0"], "--steps"),
+    "output is a file": (["decompress", "tiny.slim", "--model", "toy", "-o", "file"], "file: exists and is not a folder"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_each_mistake_is_one_line_and_a_non_zero_status(mistakes, name):
+    argv, expected = MISTAKES[name]
+    result = _slim(*argv, cwd=mistakes)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (mistakes / "out").exists()  # no empty output folder left behind
+
+
+def test_unexpected_errors_are_one_line_and_debug_adds_the_traceback(mistakes, model_dir):
+    argv = ["decompress", "tiny.slim", "--model", str(model_dir), "-o", "out", "--device", "no-such-device"]
+    plain = _slim(*argv, cwd=mistakes)
+    assert plain.returncode == 1 and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    assert "--debug" in plain.stderr and "Traceback" not in plain.stderr
+    debug = _slim("--debug", *argv, cwd=mistakes)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert not (mistakes / "out").exists()
 
 
 def test_demo_runs_the_bundled_toy_model_offline(tmp_path, capsys):

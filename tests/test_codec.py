@@ -1,8 +1,10 @@
+import time
+
 import pytest
 import torch
 
-from slim_diffusers import SLIMCompressor, SLIMDecompressor, SLIMModelMismatchError
-from slim_diffusers.codec import compress_latents, decompress_latents, estimate_bits, run_codec
+from slim_diffusers import SLIMBitstreamError, SLIMCompressor, SLIMDecompressor, SLIMModelMismatchError
+from slim_diffusers.coding.latents import compress_latents, decompress_latents, estimate_bits, run_codec
 from slim_diffusers.testing import TINY_CODEC_CONFIG, structured_latents, tiny_codec
 
 from ._codec_training import fit_tiny_codec
@@ -125,3 +127,24 @@ def test_default_config_matches_the_paper():
     assert y.shape == (1, 320, 16, 16) and z.shape == (1, 192, 4, 4)
     # no parameter lives in both components
     assert not {n for n, _ in compressor.named_parameters()} & {n for n, _ in decompressor.named_parameters()}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (16, 16), (48, 64)])
+def test_every_written_payload_is_at_least_the_minimum_length(codec, shape):
+    # constant latents give the shortest payloads this model writes; all of them must pass the length check
+    compressor, decompressor = codec
+    for latents in (torch.zeros(1, 4, *shape), torch.full((1, 4, *shape), 3.0), structured_latents(1, *shape, seed=2)):
+        (payload,) = compress_latents(compressor, decompressor, latents)
+        _, z_size = decompressor.code_shapes(*shape)
+        assert len(payload) >= decompressor.entropy_coder.min_payload_bytes(z_size)
+        decompress_latents(decompressor, [payload], latents.shape)
+
+
+def test_a_payload_too_short_for_its_latent_size_is_refused_before_decoding(codec):
+    # a few bytes claiming a huge latent: refused from the sizes alone, without decoding a symbol
+    compressor, decompressor = codec
+    (payload,) = compress_latents(compressor, decompressor, structured_latents(1, 16, 16, seed=1))
+    start = time.perf_counter()
+    with pytest.raises(SLIMBitstreamError, match="cannot hold"):
+        decompress_latents(decompressor, [payload], (1, 4, 2048, 2048))
+    assert time.perf_counter() - start < 0.5

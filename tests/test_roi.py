@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from slim_diffusers import toy_world
-from slim_diffusers.losses import resize_mask
-from slim_diffusers.roi import (
+from slim_diffusers.training.losses import resize_mask
+from slim_diffusers.semantics.roi import (
     RoIMaskSizeError,
     RoITargetLayerError,
     check_mask_matches_image,
@@ -18,39 +18,45 @@ from slim_diffusers.roi import (
     roi_mask_to_array,
     roi_mask_to_image,
 )
-from slim_diffusers.image_utils import to_rgb_tensor
+from slim_diffusers.utils.image_utils import to_rgb_tensor
 from slim_diffusers.testing import tiny_classifier
 
-SIZE = 128
-CLASSES = (0, 2)  # "red circle" and "blue square": the class is decided by the one saturated object
+SIZE = 96
+# same outline, same caption ("a circle"): only the markings on the target object decide between the two
+CLASSES = (toy_world.CLASS_NAMES.index("plain circle"), toy_world.CLASS_NAMES.index("striped circle"))
 
 
 def toy_samples(n, seed):
-    """Toy-world images of two classes; the object (the only class evidence) is at a random place."""
+    """Toy-world images of two classes; the target (the only class evidence) is at a random place among
+    distractors."""
     samples = [toy_world.render(CLASSES[i % 2], np.random.default_rng([seed, i]), SIZE) for i in range(n)]
     return samples, [i % 2 for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny ResNet trained for 60 CPU steps until it tells the two classes apart."""
+    """A tiny ResNet trained for 200 CPU steps until it tells the two classes apart (fine markings on a tenth
+    of the frame take that many images and steps, and a decaying learning rate to settle)."""
     torch.manual_seed(0)
     model, processor = tiny_classifier(num_labels=2, seed=0, image_size=SIZE)
-    samples, labels = toy_samples(64, seed=1)
+    samples, labels = toy_samples(512, seed=1)
     x = classifier_inputs([to_rgb_tensor(s.image) for s in samples], processor)
     y = torch.tensor(labels)
+    steps = 200
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is as fast, and does not stall on a busy machine
     model.train()
     try:
-        for _ in range(60):
+        for _ in range(steps):
             idx = torch.randint(0, len(x), (32,), generator=gen)
             loss = F.cross_entropy(model(pixel_values=x[idx]).logits, y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     finally:
         torch.set_num_threads(threads)
     model.eval().requires_grad_(False)
@@ -77,9 +83,10 @@ def test_grad_cam_mask_lies_on_the_object_that_decides_the_class(trained):
     out = compute_roi_masks(model, processor, [s.image for s in samples], labels)
     assert out.masks.shape == (20, 1, SIZE, SIZE) and out.target_labels == labels
     iou, mass = region_scores(out.masks, samples)
-    assert iou >= 0.5
-    # the object covers about 15 % of the image; the map puts several times that share of its mass on it
-    assert mass >= 0.35
+    # the target covers about 10 % of the image, a few cells of the classifier's 6×6 feature map
+    assert iou >= 0.3
+    # the map puts several times the target's share of the image on it
+    assert mass >= 0.25
 
     untrained, _ = tiny_classifier(num_labels=2, seed=0, image_size=SIZE)
     iou_untrained, _ = region_scores(compute_roi_masks(untrained, processor, [s.image for s in samples], labels).masks, samples)

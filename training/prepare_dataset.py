@@ -14,7 +14,7 @@ classes). Model passes are spread over the processes of an Accelerate launch, on
 process/GPU; a plain ``python`` run is one process and needs no ``accelerate config``. A build that was
 interrupted resumes from its finished chunks when run again with the same flags. The result is written
 with ``save_to_disk`` (``--train_data_dir`` of the training scripts) together with a dataset card
-(``README.md`` from ``hub_cards/dataset_card.md``); ``--push_to_hub`` uploads both.
+(``README.md`` from ``slim_diffusers/hub_cards/dataset_card.md``); ``--push_to_hub`` uploads both.
 
 Tiny local models for CI and smoke runs: ``python -m slim_diffusers.testing save-tiny-roi-models DIR``
 writes ``DIR/classifier`` and ``DIR/captioner`` to pass as ``--classifier_name_or_path`` and
@@ -32,9 +32,10 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from slim_diffusers.captioning import DEFAULT_CAPTIONER, DEFAULT_MAX_NEW_TOKENS, caption_bits, load_captioner
-from slim_diffusers.distributed import use_cpu_workers
-from slim_diffusers.dataset_builder import (
+from slim_diffusers.semantics.captioning import DEFAULT_CAPTIONER, DEFAULT_MAX_NEW_TOKENS, caption_bits, load_captioner
+from slim_diffusers.semantics.roi import DEFAULT_ROI_CLASSIFIER, load_roi_classifier, roi_mask_to_array
+from slim_diffusers.training.dataset_builder import (
+    HUB_CARDS,
     BuildConfig,
     build_dataset,
     draw_samples,
@@ -43,10 +44,9 @@ from slim_diffusers.dataset_builder import (
     resolve_cam_target,
     standardise_columns,
 )
-from slim_diffusers.roi import DEFAULT_ROI_CLASSIFIER, load_roi_classifier, roi_mask_to_array
+from slim_diffusers.utils.distributed import use_cpu_workers
 
 logger = get_logger(__name__)
-HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
 # the Hub's size buckets for the `size_categories` card field
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
@@ -186,7 +186,7 @@ def render_dataset_card(dataset, build: BuildConfig, repo_id: str, license: str 
 # ------------------------------------------------------------------------------------------------ main
 def partial_state() -> PartialState:
     """The processes of this run: one without a launcher, one per GPU or CPU worker with one
-    (:func:`slim_diffusers.distributed.use_cpu_workers` says which)."""
+    (:func:`slim_diffusers.utils.distributed.use_cpu_workers` says which)."""
     return PartialState(cpu=use_cpu_workers())
 
 

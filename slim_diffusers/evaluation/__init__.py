@@ -5,40 +5,33 @@
 - :mod:`.harness` — the loop: encode, write the bytes, decode, classify, one JSONL row per image
 - :mod:`.report` — summary JSON, rate–accuracy plots and the BD-rate table
 - :mod:`.bd_rate` — Bjøntegaard deltas (cubic and pchip), accuracy in percent as the quality axis
+- :mod:`.run` — the whole evaluation as one function (``run_evaluation``)
 - :mod:`.errors` — the harness's named errors
 
-``slim evaluate`` (:mod:`slim_diffusers.cli`) puts them together. Names load lazily, and the Bjøntegaard
+:func:`~slim_diffusers.evaluation.run.run_evaluation` puts them together for ``slim evaluate`` and the toy
+reproduction. Names load lazily, and the Bjøntegaard
 functions live in their module (``from slim_diffusers.evaluation.bd_rate import bd_rate, bd_accuracy``),
 whose name the package attribute would otherwise shadow.
 """
 
-import importlib
+from ..utils.import_utils import lazy_exports
 
-_LAZY = {
-    "Codec": "slim_diffusers.evaluation.codecs",
-    "SLIMCodec": "slim_diffusers.evaluation.codecs",
-    "PillowCodec": "slim_diffusers.evaluation.baselines",
-    "CompressAICodec": "slim_diffusers.evaluation.baselines",
-    "CodecUnavailableError": "slim_diffusers.evaluation.errors",
-    "CodecDataError": "slim_diffusers.evaluation.errors",
-    "Classifier": "slim_diffusers.evaluation.harness",
-    "Evaluation": "slim_diffusers.evaluation.harness",
-    "EvaluationSetupError": "slim_diffusers.evaluation.errors",
-    "RowsFileError": "slim_diffusers.evaluation.errors",
-    "Sample": "slim_diffusers.evaluation.harness",
-    "write_report": "slim_diffusers.evaluation.report",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'slim_diffusers.evaluation' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "Codec": "slim_diffusers.evaluation.codecs",
+        "SLIMCodec": "slim_diffusers.evaluation.codecs",
+        "PillowCodec": "slim_diffusers.evaluation.baselines",
+        "CompressAICodec": "slim_diffusers.evaluation.baselines",
+        "CodecUnavailableError": "slim_diffusers.evaluation.errors",
+        "CodecDataError": "slim_diffusers.evaluation.errors",
+        "Classifier": "slim_diffusers.evaluation.harness",
+        "Evaluation": "slim_diffusers.evaluation.harness",
+        "EvaluationSetupError": "slim_diffusers.evaluation.errors",
+        "RowsFileError": "slim_diffusers.evaluation.errors",
+        "Sample": "slim_diffusers.evaluation.harness",
+        "run_evaluation": "slim_diffusers.evaluation.run",
+        "write_report": "slim_diffusers.evaluation.report",
+    },
+    globals(),
+)

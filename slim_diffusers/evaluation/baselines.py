@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from ..bitstream import read_uvarint, write_uvarint
+from ..coding.bitstream import read_uvarint, write_uvarint
 from .errors import CodecDataError, CodecUnavailableError
 
 
@@ -194,10 +194,7 @@ class CompressAICodec:
             body += string
         return bytes(header + body)
 
-    def decode(self, data: bytes, rate_point: Any) -> Image.Image:
-        import numpy as np
-        import torch
-
+    def _parse(self, data: bytes):
         data = bytes(data)
         h, pos = _read_uvarint(data, 0, "height")
         w, pos = _read_uvarint(data, pos, "width")
@@ -214,14 +211,34 @@ class CompressAICodec:
             length, pos = _read_uvarint(data, pos, "stream length")
             if pos + length > len(data):
                 raise CodecDataError("truncated CompressAI bitstream: a stream is longer than the bytes present")
-            strings.append([data[pos : pos + length]])
+            strings.append(data[pos : pos + length])
             pos += length
         if pos != len(data):
             raise CodecDataError(f"corrupt CompressAI bitstream: {len(data) - pos} bytes after the last stream")
-        with torch.no_grad():
-            x_hat = self.models[rate_point].decompress(strings, shape)["x_hat"]
-        pixels = x_hat[0, :, :h, :w].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8))
+        return h, w, shape, strings
+
+    def decode(self, data: bytes, rate_point: Any) -> Image.Image:
+        return self.decode_batch([data], rate_point)[0]
+
+    def decode_batch(self, datas, rate_point: Any) -> List[Image.Image]:
+        """Decode together the streams of one latent shape (the synthesis runs once for all of them)."""
+        import numpy as np
+        import torch
+
+        parsed = [self._parse(d) for d in datas]
+        groups: Dict[tuple, List[int]] = {}
+        for i, (_, _, shape, strings) in enumerate(parsed):
+            groups.setdefault((tuple(shape), len(strings)), []).append(i)
+        images: List[Optional[Image.Image]] = [None] * len(parsed)
+        for (shape, count), members in groups.items():
+            strings = [[parsed[i][3][k] for i in members] for k in range(count)]
+            with torch.no_grad():
+                x_hat = self.models[rate_point].decompress(strings, list(shape))["x_hat"]
+            for j, i in enumerate(members):
+                h, w = parsed[i][0], parsed[i][1]
+                pixels = x_hat[j, :, :h, :w].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+                images[i] = Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8))
+        return images
 
     def __repr__(self) -> str:
         return f"CompressAICodec({self.name!r}, rate_points={self.rate_points})"

@@ -70,6 +70,7 @@ class SLIMCodec:
         num_inference_steps, strength, guidance_scale: passed to ``SLIMPipeline.decompress``.
         seed: seed of the sampling noise. Every image gets a fresh generator with this seed, so its
             reconstruction does not depend on which images were decoded before it (resume, sharding).
+        caption: sent instead of each image's own caption (``""`` sends none: what the caption adds).
     """
 
     pipelines: Mapping[str, Any]
@@ -79,6 +80,7 @@ class SLIMCodec:
     strength: float = 1.0
     guidance_scale: float = 1.0
     seed: int = 0
+    caption: Optional[str] = None
     suffix: str = ".slim"
 
     @property
@@ -86,18 +88,29 @@ class SLIMCodec:
         return list(self.pipelines)
 
     def encode(self, image: Image.Image, rate_point: str, caption: Optional[str] = None) -> bytes:
-        (bitstream,) = self.pipelines[rate_point].compress(image, captions=caption)
-        return bitstream.to_bytes()
+        return self.encode_batch([image], rate_point, [caption])[0]
 
     def decode(self, data: bytes, rate_point: str) -> Image.Image:
+        return self.decode_batch([data], rate_point)[0]
+
+    def encode_batch(self, images: Sequence[Image.Image], rate_point: str, captions: Sequence[Optional[str]]) -> List[bytes]:
+        pipe = self.pipelines[rate_point]
+        if self.caption is not None:
+            captions = [self.caption] * len(images)
+        if any(c is None for c in captions):  # the pipeline's captioner (or the empty caption) decides, per image
+            return [pipe.compress(image, captions=c)[0].to_bytes() for image, c in zip(images, captions)]
+        return [bs.to_bytes() for bs in pipe.compress(list(images), captions=list(captions))]
+
+    def decode_batch(self, datas: Sequence[bytes], rate_point: str) -> List[Image.Image]:
+        """Decode together; each image's noise comes from its own generator seeded with ``seed``, as alone."""
         import torch
 
         out = self.pipelines[rate_point].decompress(
-            data,
+            list(datas),
             num_inference_steps=self.num_inference_steps,
             strength=self.strength,
             guidance_scale=self.guidance_scale,
             use_diffusion=self.use_diffusion,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=[torch.Generator().manual_seed(self.seed) for _ in datas],
         )
-        return out.images[0]
+        return list(out.images)

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from PIL import Image
 
-from ..file_utils import write_atomically
+from ..utils.file_utils import write_atomically
 from .codecs import Codec, folder_name
 from .errors import EvaluationSetupError, RowsFileError
 
@@ -54,14 +54,15 @@ class Classifier:
         self.name, self.model, self.processor = name, model.eval(), processor
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: Any = "cpu") -> "Classifier":
-        from ..roi import load_roi_classifier
+    def from_pretrained(cls, name_or_path: str, device: Any = "cpu", name: Optional[str] = None) -> "Classifier":
+        """``name`` labels the classifier's rows and report columns (default: ``name_or_path``)."""
+        from ..utils.loading import load_image_classifier
 
         try:
-            model, processor = load_roi_classifier(name_or_path, device=device)
+            model, processor = load_image_classifier(name_or_path, device=device)
         except OSError as err:
             raise EvaluationSetupError(f"could not load the classifier {name_or_path!r}: {err}") from None
-        return cls(str(name_or_path), model, processor)
+        return cls(name or str(name_or_path), model, processor)
 
     @property
     def num_labels(self) -> int:
@@ -69,12 +70,16 @@ class Classifier:
 
     def top5(self, image: Image.Image) -> List[int]:
         """Class indices of the five highest logits, best first."""
+        return self.top5_batch([image])[0]
+
+    def top5_batch(self, images: Sequence[Image.Image]) -> List[List[int]]:
+        """:meth:`top5` of each image, classified together."""
         import torch
 
         with torch.no_grad():
-            inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.model.device)
-            logits = self.model(**inputs).logits[0].float()
-        return logits.topk(min(5, logits.numel())).indices.tolist()
+            inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(self.model.device)
+            logits = self.model(**inputs).logits.float()
+        return logits.topk(min(5, logits.shape[-1]), dim=-1).indices.tolist()
 
 
 def _parse_lines(path: Path) -> Iterator[dict]:
@@ -173,62 +178,101 @@ class Evaluation:
         """Row keys that a complete run over ``indices`` has."""
         return [(c.name, str(p), int(i)) for i in indices for c in self.codecs for p in c.rate_points]
 
-    def run(self, samples: Iterable[Sample]) -> int:
-        """Evaluate every sample not yet finished; returns the number of rows written by this call."""
+    def run(self, samples: Iterable[Sample], batch_size: int = 1) -> int:
+        """Evaluate every sample not yet finished; returns the number of rows written by this call.
+
+        With ``batch_size > 1``, codecs that have ``encode_batch``/``decode_batch`` code that many images per call
+        (a diffusion decoder runs its UNet once per step for all of them) and the classifiers classify them
+        together; the bytes, the files and the rows are those of one image at a time. The batches are the
+        consecutive samples as given, so a resumed run redoes only unfinished rows (in smaller batches, which
+        can round a decoded pixel differently: an accuracy, not a byte, may differ at the last digit).
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be ≥ 1")
         written = 0
         with open(self.rows_path, "a", encoding="utf-8") as f:
-            for sample in samples:
-                image = sample.image.convert("RGB")
-                for clf in self.classifiers:
-                    if not 0 <= int(sample.label) < clf.num_labels:
-                        raise EvaluationSetupError(
-                            f"image {sample.index} has label {sample.label}, but {clf.name} outputs {clf.num_labels} "
-                            "classes; use a classifier trained on the dataset's labels"
-                        )
+            for chunk in _batches(samples, batch_size):
+                items = [(sample, self._checked_image(sample)) for sample in chunk]
                 for codec in self.codecs:
                     for point in codec.rate_points:
-                        key = (codec.name, str(point), int(sample.index))
-                        if key in self.done:
+                        todo = [(s, im) for s, im in items if (codec.name, str(point), int(s.index)) not in self.done]
+                        if not todo:
                             continue
-                        row = self._evaluate_one(codec, point, sample, image)
-                        f.write(json.dumps(row) + "\n")
+                        for row in self._evaluate(codec, point, todo):
+                            f.write(json.dumps(row) + "\n")
+                            self.done.add((row["codec"], row["rate_point"], row["index"]))
+                            written += 1
                         f.flush()  # a killed run keeps every finished row
-                        self.done.add(key)
-                        written += 1
         return written
 
-    def _evaluate_one(self, codec: Any, point: Any, sample: Sample, image: Image.Image) -> dict:
-        path = self.bitstream_path(codec, point, sample.index)
+    def _checked_image(self, sample: Sample) -> Image.Image:
+        for clf in self.classifiers:
+            if not 0 <= int(sample.label) < clf.num_labels:
+                raise EvaluationSetupError(
+                    f"image {sample.index} has label {sample.label}, but {clf.name} outputs {clf.num_labels} "
+                    "classes; use a classifier trained on the dataset's labels"
+                )
+        return sample.image.convert("RGB")
+
+    def _evaluate(self, codec: Any, point: Any, items: List[Tuple[Sample, Image.Image]]) -> List[dict]:
+        samples, images = [s for s, _ in items], [im for _, im in items]
+        paths = [self.bitstream_path(codec, point, s.index) for s in samples]
         t0 = time.perf_counter()
-        data = codec.encode(image, point, sample.caption)
+        if len(items) > 1 and hasattr(codec, "encode_batch"):
+            datas = codec.encode_batch(images, point, [s.caption for s in samples])
+        else:
+            datas = [codec.encode(im, point, s.caption) for s, im in items]
         t1 = time.perf_counter()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, bytes(data))
-        num_bytes = path.stat().st_size  # the rate is what reached the disk
+        sizes = []
+        for path, data in zip(paths, datas):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, bytes(data))
+            sizes.append(path.stat().st_size)  # the rate is what reached the disk
         t2 = time.perf_counter()
-        decoded = codec.decode(path.read_bytes(), point)
+        stored = [path.read_bytes() for path in paths]
+        if len(items) > 1 and hasattr(codec, "decode_batch"):
+            decoded = codec.decode_batch(stored, point)
+        else:
+            decoded = [codec.decode(data, point) for data in stored]
         t3 = time.perf_counter()
-        if decoded.size != image.size:
-            raise EvaluationSetupError(
-                f"codec {codec.name!r} at {point} decoded image {sample.index} to {decoded.size}, not {image.size}"
-            )
-        top5 = {clf.name: clf.top5(decoded) for clf in self.classifiers}
+        for sample, image, out in zip(samples, images, decoded):
+            if out.size != image.size:
+                raise EvaluationSetupError(
+                    f"codec {codec.name!r} at {point} decoded image {sample.index} to {out.size}, not {image.size}"
+                )
+        top5 = {clf.name: clf.top5_batch(decoded) for clf in self.classifiers}
         if not self.keep_bitstreams:
-            path.unlink()
-        return {
-            "codec": codec.name,
-            "rate_point": str(point),
-            "index": int(sample.index),
-            "width": image.width,
-            "height": image.height,
-            "file": path.relative_to(self.out_dir).as_posix(),
-            "bytes": num_bytes,
-            "bpp": 8 * num_bytes / (image.width * image.height),
-            "label": int(sample.label),
-            "top5": top5,
-            "encode_seconds": t1 - t0,
-            "decode_seconds": t3 - t2,
-        }
+            for path in paths:
+                path.unlink()
+        n = len(items)
+        return [
+            {
+                "codec": codec.name,
+                "rate_point": str(point),
+                "index": int(sample.index),
+                "width": image.width,
+                "height": image.height,
+                "file": path.relative_to(self.out_dir).as_posix(),
+                "bytes": size,
+                "bpp": 8 * size / (image.width * image.height),
+                "label": int(sample.label),
+                "top5": {name: ranks[j] for name, ranks in top5.items()},
+                "encode_seconds": (t1 - t0) / n,
+                "decode_seconds": (t3 - t2) / n,
+            }
+            for j, (sample, image, path, size) in enumerate(zip(samples, images, paths, sizes))
+        ]
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def latest_rows(out_dir, keys: Optional[Iterable[Tuple[str, str, int]]] = None) -> List[dict]:

@@ -57,3 +57,33 @@ class SLIMControlNet(ControlNetModel):
 # saved pipelines loadable when the code moves. diffusers then finds the class and its base classes
 # (ModelMixin, ...) as attributes of `slim_diffusers`.
 SLIMControlNet.__module__ = "slim_diffusers"
+
+
+def controlled_noise_prediction(
+    unet: UNet2DConditionModel,
+    controlnet: SLIMControlNet,
+    sample: torch.Tensor,
+    timestep,
+    encoder_hidden_states: torch.Tensor,
+    control_latents: torch.Tensor,
+    conditioning_scale: float = 1.0,
+) -> torch.Tensor:
+    """One step of the controlled denoiser: the control module's residuals for ``control_latents`` (ẑ) added into
+    the frozen UNet. The pipeline's sampling loop and the training loss both call this, so what is trained is
+    what decodes."""
+    down, mid = controlnet(
+        sample,
+        timestep,
+        encoder_hidden_states=encoder_hidden_states,
+        controlnet_cond=control_latents,
+        conditioning_scale=conditioning_scale,
+        return_dict=False,
+    )
+    return unet(
+        sample,
+        timestep,
+        encoder_hidden_states=encoder_hidden_states,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]

@@ -1,7 +1,14 @@
-"""SLIMPipeline: compress images to ``.slim`` bitstreams and decode them with the control module + SD UNet."""
+"""SLIMPipeline: compress images to ``.slim`` bitstreams and decode them with the control module + SD UNet.
 
+The stages follow diffusers' ControlNet and img2img pipelines: ``check_inputs`` (both directions),
+``encode_prompt`` (the transmitted caption), ``get_timesteps`` (``strength``), ``prepare_latents``,
+``prepare_extra_step_kwargs``, the denoising loop on ``_execution_device`` with
+:func:`~slim_diffusers.models.controlnet.controlled_noise_prediction` (the step training uses), and
+``maybe_free_model_hooks``.
+"""
+
+import contextlib
 import inspect
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -12,21 +19,47 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..bitstream import MAX_SIDE, SLIMBitstream
-from ..captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
-from ..codec import check_pair, compress_latents, decompress_latents
+from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit
+from ..coding.latents import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
-from ..image_utils import ImageInput, image_size, to_rgb_list
 from ..models.compressor import SLIMCompressor
-from ..models.controlnet import SLIMControlNet
+from ..models.controlnet import SLIMControlNet, controlled_noise_prediction
 from ..models.decompressor import SLIMDecompressor
-from ..roi import RoIMaskOutput, compute_roi_masks
+from ..semantics.captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
+from ..semantics.roi import RoIMaskOutput, compute_roi_masks
+from ..utils.image_utils import ImageInput, image_size, to_rgb_list
+
+logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# Images of this many pixels or more go through the VAE in overlapping tiles (diffusers' tiled encode and decode)
+# unless tiling is switched off: the VAE's attention costs the square of the latent's area and its
+# full-resolution activations grow with the image. With the bundled toy VAE on CPU, 256-pixel tiles already
+# take a 512×512 image through the VAE faster than one pass (2.4 s against 3.2 s), and a 1024×1024 one 3.4× as
+# fast in a quarter of the added memory (benchmarks/large_images.py --vae-tiling off; README "Large images").
+VAE_TILING_MIN_PIXELS = 512 * 512
+# The smallest tile side in pixels; the VAE's own `sample_size` when that is larger (768 for SD 2.1's VAE).
+VAE_MIN_TILE_SIZE = 256
+
+
+def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device, dtype) -> torch.Tensor:
+    """CLIP embeddings of the transmitted captions, padded to the tokenizer's length (what the UNet and the control
+    module attend to). The pipeline and the training module both encode captions here."""
+    ids = tokenizer(
+        [str(c) for c in captions],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    return text_encoder(ids)[0].to(dtype=dtype)
 
 
 @dataclass
@@ -66,14 +99,14 @@ class SLIMPipeline(DiffusionPipeline):
         compressor ([`SLIMCompressor`]): latent and hyper analysis transforms.
         decompressor ([`SLIMDecompressor`]): entropy model and latent synthesis.
         roi_classifier ([`PreTrainedModel`], *optional*): sender side, an image classifier with a convolutional
-            backbone (``microsoft/resnet-50`` in the paper) whose Grad-CAM map is the RoI (:mod:`slim_diffusers.roi`).
+            backbone (``microsoft/resnet-50`` in the paper) whose Grad-CAM map is the RoI (:mod:`slim_diffusers.semantics.roi`).
         roi_image_processor ([`ImageProcessingMixin`], *optional*): its image processor (input size, mean, std).
         captioner ([`Blip2ForConditionalGeneration`], *optional*): sender side, BLIP-2, which writes the
-            RoI-focused caption when ``compress()`` is given none (:mod:`slim_diffusers.captioning`).
+            RoI-focused caption when ``compress()`` is given none (:mod:`slim_diffusers.semantics.captioning`).
         caption_processor ([`Blip2Processor`], *optional*): its processor.
     """
 
-    model_cpu_offload_seq = "roi_classifier->captioner->compressor->text_encoder->controlnet->unet->vae"
+    model_cpu_offload_seq = "roi_classifier->captioner->compressor->decompressor->text_encoder->controlnet->unet->vae"
     _optional_components = [
         "text_encoder",
         "tokenizer",
@@ -119,8 +152,9 @@ class SLIMPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         # sizes are kept, not resized: the pipeline pads to the VAE's stride and crops back
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
-        self._empty_caption_warned = False
-        self._whole_image_caption_warned = False
+        self._warned: set = set()
+        self._vae_tiling: Union[str, bool] = "auto"
+        self._vae_tile_size: Optional[int] = None
 
     # ------------------------------------------------------------------------------------- construction
     @classmethod
@@ -168,12 +202,101 @@ class SLIMPipeline(DiffusionPipeline):
             decompressor=decompressor,
         )
 
+
+    # ------------------------------------------------------------------------------------------ VAE tiles
+    def enable_vae_tiling(self, tile_size: Optional[int] = None) -> None:
+        """Encode and decode every image larger than one tile in overlapping tiles (diffusers' tiled VAE), whatever
+        its size. ``tile_size``: tile side in pixels, a multiple of 4 × the VAE's stride (default:
+        :meth:`vae_tile_size`). By default (before this is called) only images of ``VAE_TILING_MIN_PIXELS``
+        (512 × 512) pixels or more are tiled."""
+        if tile_size is not None and (tile_size <= 0 or tile_size % (4 * self.vae_scale_factor)):
+            raise ValueError(
+                f"tile_size must be a positive multiple of {4 * self.vae_scale_factor} (4 × the VAE's stride), got {tile_size}"
+            )
+        self._vae_tiling, self._vae_tile_size = True, tile_size
+
+    def disable_vae_tiling(self) -> None:
+        """Never tile: every image goes through the VAE whole (memory grows with the image, attention with its square)."""
+        self._vae_tiling = False
+
+    def vae_tile_size(self) -> int:
+        """Tile side in pixels: the one given to :meth:`enable_vae_tiling`, else the VAE's ``sample_size`` (what
+        diffusers tiles with) but at least ``VAE_MIN_TILE_SIZE``; tiles of 64 pixels (the toy VAE's training size)
+        would cost more in overlap than they save."""
+        if self._vae_tile_size is not None:
+            return self._vae_tile_size
+        sample_size = self.vae.config.sample_size
+        sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else int(sample_size)
+        unit = 4 * self.vae_scale_factor  # tiles overlap by a quarter, in whole latent positions
+        return -(-max(sample_size, VAE_MIN_TILE_SIZE) // unit) * unit
+
+    @contextlib.contextmanager
+    def _vae_tiles(self, height: int, width: int):
+        """Set the VAE's tiling for one image of ``height × width`` pixels, and restore it after."""
+        vae = self.vae
+        tiling = self._vae_tiling
+        if tiling == "auto":
+            if vae.use_tiling:  # tiling switched on by the user with `pipe.vae.enable_tiling()`: theirs to decide
+                yield
+                return
+            tiling = height * width >= VAE_TILING_MIN_PIXELS
+        saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size)
+        tile = self.vae_tile_size()
+        vae.use_tiling = bool(tiling)
+        vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // self.vae_scale_factor
+        try:
+            yield
+        finally:
+            vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
+
     # --------------------------------------------------------------------------------------------- inputs
-    def check_inputs(self, images: List[Any]) -> None:
-        for i, image in enumerate(images):
-            h, w = image_size(image)
-            if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-                raise ValueError(f"image {i} is {w}×{h}; SLIM codes images from 1×1 up to {MAX_SIDE}×{MAX_SIDE} pixels")
+    def check_inputs(
+        self,
+        images: Optional[List[Any]] = None,
+        captions: Optional[Union[str, Sequence[str]]] = None,
+        bitstreams: Optional[List[SLIMBitstream]] = None,
+        num_inference_steps: Optional[int] = None,
+        strength: Optional[float] = None,
+        output_type: Optional[str] = None,
+        use_diffusion: bool = True,
+        latents: Optional[torch.Tensor] = None,
+        callback_on_step_end_tensor_inputs: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Fail early, with a sentence saying what to change, on anything either direction cannot use."""
+        if images is not None:
+            for i, image in enumerate(images):
+                h, w = image_size(image)
+                if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+                    raise ValueError(
+                        f"image {i} is {w}×{h}; SLIM codes images from 1×1 up to {MAX_SIDE}×{MAX_SIDE} pixels"
+                    )
+            if captions is not None and not isinstance(captions, str) and len(captions) != len(images):
+                raise ValueError(f"got {len(captions)} captions for {len(images)} images")
+        if output_type is not None and output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if strength is not None and not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if callback_on_step_end_tensor_inputs is not None:
+            bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if bad:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {bad}"
+                )
+        if bitstreams is not None:
+            if output_type != "latent":
+                self._require("vae", action="decoding to images")
+            if use_diffusion:
+                self._require("unet", "controlnet", "text_encoder", "tokenizer", action="decompress(use_diffusion=True)")
+            if latents is not None:
+                sizes = {self._latent_size(bs) for bs in bitstreams}
+                expected = (len(bitstreams), self.unet.config.in_channels, *next(iter(sizes)))
+                if len(sizes) != 1 or tuple(latents.shape) != expected:
+                    raise ValueError(
+                        f"`latents` must have shape {expected} for these bitstreams (one latent size for all of "
+                        f"them), got {tuple(latents.shape)}"
+                    )
 
     def _require(self, *names: str, action: str) -> None:
         missing = [n for n in names if getattr(self, n, None) is None]
@@ -183,11 +306,16 @@ class SLIMPipeline(DiffusionPipeline):
                 "load them with `SLIMPipeline.from_pretrained(...)`"
             )
 
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
+
     # ------------------------------------------------------------------------------------------- sender
     @torch.no_grad()
-    def encode_images(self, images) -> List[torch.Tensor]:
+    def encode_images(self, images: List[Any]) -> List[torch.Tensor]:
         """VAE latents (× scaling factor) of each image, padded to the VAE stride; one tensor per image."""
-        device, dtype = self.vae.device, self.vae.dtype
+        device, dtype = self._execution_device, self.vae.dtype
         latents = []
         for image in images:
             pixels = self.image_processor.preprocess(image).to(device=device, dtype=dtype)
@@ -195,8 +323,8 @@ class SLIMPipeline(DiffusionPipeline):
             s = self.vae_scale_factor
             pixels = F.pad(pixels, (0, (-w) % s, 0, (-h) % s), mode="replicate")
             # the posterior mean, not a sample: compression must be deterministic
-            latent = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
-            latents.append(latent)
+            with self._vae_tiles(h, w):
+                latents.append(self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor)
         return latents
 
     def roi_masks(
@@ -205,13 +333,17 @@ class SLIMPipeline(DiffusionPipeline):
         labels: Optional[Sequence[Optional[int]]] = None,
         output_type: str = "pt",
     ) -> RoIMaskOutput:
-        """Grad-CAM RoI masks of ``roi_classifier`` at image size (see :func:`slim_diffusers.roi.compute_roi_masks`).
+        """Grad-CAM RoI masks of ``roi_classifier`` at image size (see
+        :func:`slim_diffusers.semantics.roi.compute_roi_masks`).
 
         ``labels`` are ground-truth classes when the sender knows them; ``None`` explains the top prediction.
         """
-        self._require("roi_classifier", "roi_image_processor", action="roi_masks()")
         images = to_rgb_list(images)
-        self.check_inputs(images)
+        self.check_inputs(images=images)
+        return self._roi_masks(images, labels, output_type)
+
+    def _roi_masks(self, images: List[Any], labels=None, output_type: str = "pt") -> RoIMaskOutput:
+        self._require("roi_classifier", "roi_image_processor", action="roi_masks()")
         return compute_roi_masks(self.roi_classifier, self.roi_image_processor, images, labels, output_type=output_type)
 
     @torch.no_grad()
@@ -226,11 +358,14 @@ class SLIMPipeline(DiffusionPipeline):
         The masks come from ``roi_masks`` or, when that is ``None``, from :meth:`roi_masks` if the RoI
         classifier is loaded; without one, whole images are captioned.
         """
-        self._require("captioner", "caption_processor", action="caption_images()")
         images = to_rgb_list(images)
-        self.check_inputs(images)
+        self.check_inputs(images=images)
+        return self._caption_images(images, roi_masks, max_new_tokens)
+
+    def _caption_images(self, images: List[Any], roi_masks=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+        self._require("captioner", "caption_processor", action="caption_images()")
         if roi_masks is None and self.roi_classifier is not None and self.roi_image_processor is not None:
-            roi_masks = list(self.roi_masks(images).masks)
+            roi_masks = list(self._roi_masks(images).masks)
         return generate_captions(self.captioner, self.caption_processor, images, roi_masks, max_new_tokens=max_new_tokens)
 
     @torch.no_grad()
@@ -247,44 +382,36 @@ class SLIMPipeline(DiffusionPipeline):
                 [0, 1], or lists of them; any size up to 16384² (padded for coding, cropped back on decode).
             captions: one caption per image (or one for all). ``None`` writes RoI-focused captions with the
                 optional ``roi_classifier`` and ``captioner`` when they are loaded (:meth:`caption_images`),
-                and sends an empty caption (with a warning, once) when no captioner is loaded.
+                and sends an empty caption (with a warning) when no captioner is loaded.
             max_caption_tokens: bound on the generated captions' length, in tokens.
         """
         self._require("vae", "compressor", "decompressor", action="compress()")
         check_pair(self.compressor, self.decompressor)
-        images = to_rgb_list(images)
-        self.check_inputs(images)
+        images = to_rgb_list(images)  # the one conversion of this call; the helpers below take RGB images
+        self.check_inputs(images=images, captions=captions)
         if captions is None and self.captioner is not None and self.caption_processor is not None:
-            if self.roi_classifier is None and not self._whole_image_caption_warned:
-                warnings.warn(
-                    "no roi_classifier loaded: captioning whole images, not their regions of interest", stacklevel=2
-                )
-                self._whole_image_caption_warned = True
-            captions = self.caption_images(images, max_new_tokens=max_caption_tokens).captions
+            if self.roi_classifier is None:
+                self._warn_once("no roi_classifier loaded: captioning whole images, not their regions of interest")
+            captions = self._caption_images(images, max_new_tokens=max_caption_tokens).captions
         elif captions is None:
-            if not self._empty_caption_warned:
-                warnings.warn(
-                    "no caption given and no captioner loaded: sending an empty caption, which weakens decoding",
-                    stacklevel=2,
-                )
-                self._empty_caption_warned = True
+            self._warn_once("no caption given and no captioner loaded: sending an empty caption, which weakens decoding")
             captions = [""] * len(images)
         elif isinstance(captions, str):
             captions = [captions] * len(images)
-        if len(captions) != len(images):
-            raise ValueError(f"got {len(captions)} captions for {len(images)} images")
 
         fingerprint = self.decompressor.fingerprint()
         bitstreams = []
         for image, caption, latent in zip(images, captions, self.encode_images(images)):
             h, w = image_size(image)
-            latent = latent.to(device=self.compressor.device, dtype=self.compressor.dtype)
-            (payload,) = compress_latents(self.compressor, self.decompressor, latent)
+            (payload,) = compress_latents(self.compressor, self.decompressor, latent.to(dtype=self.compressor.dtype))
             bitstreams.append(SLIMBitstream(height=h, width=w, fingerprint=fingerprint, caption=caption, payload=payload))
+        self.maybe_free_model_hooks()
         return bitstreams
 
     # ----------------------------------------------------------------------------------------- receiver
-    def _load_bitstreams(self, bitstreams) -> List[SLIMBitstream]:
+    def _load_bitstreams(self, bitstreams, max_pixels: Optional[int] = None) -> List[SLIMBitstream]:
+        """Parse, then check every header against the pixel limit and this pipeline's model, before anything is
+        decoded or allocated."""
         if isinstance(bitstreams, (SLIMBitstream, bytes, bytearray)):
             bitstreams = [bitstreams]
         out = [b if isinstance(b, SLIMBitstream) else SLIMBitstream.from_bytes(b) for b in bitstreams]
@@ -292,34 +419,37 @@ class SLIMPipeline(DiffusionPipeline):
             raise ValueError("no bitstreams to decode")
         expected = self.decompressor.fingerprint()
         for i, bs in enumerate(out):
+            name = f"bitstream {i}" if len(out) > 1 else "the bitstream"
+            check_decode_limit(bs, max_pixels, name=name)
             if bs.fingerprint != expected:
                 raise SLIMModelMismatchError(
-                    f"bitstream {i} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
+                    f"{name} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
                     f"is model {expected.hex()}; decode it with the pipeline that wrote it"
                 )
         return out
 
+    def _latent_size(self, bitstream: SLIMBitstream) -> tuple:
+        s = self.vae_scale_factor
+        return (-(-bitstream.height // s), -(-bitstream.width // s))
+
     @torch.no_grad()
     def decode_latents_from_bitstreams(self, bitstreams: List[SLIMBitstream]) -> List[torch.Tensor]:
         """ẑ for each bitstream, at the latent size of its (VAE-stride padded) image."""
-        s = self.vae_scale_factor
-        return [
-            decompress_latents(self.decompressor, [bs.payload], (-(-bs.height // s), -(-bs.width // s)))
-            for bs in bitstreams
-        ]
+        return [decompress_latents(self.decompressor, [bs.payload], self._latent_size(bs)) for bs in bitstreams]
 
     @torch.no_grad()
-    def encode_captions(self, captions: List[str], device, dtype) -> torch.Tensor:
-        ids = self.tokenizer(
-            [str(c) for c in captions],
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return self.text_encoder(ids)[0].to(dtype=dtype)
+    def encode_prompt(self, captions: List[str], device, do_classifier_free_guidance: bool):
+        """``(prompt_embeds, negative_prompt_embeds)`` of the transmitted captions; the negative prompt is the empty
+        caption, and ``None`` without classifier-free guidance."""
+        dtype = self.unet.dtype if self.unet is not None else self.text_encoder.dtype
+        prompt_embeds = encode_captions(self.tokenizer, self.text_encoder, captions, device, dtype)
+        negative = None
+        if do_classifier_free_guidance:
+            negative = encode_captions(self.tokenizer, self.text_encoder, [""] * len(captions), device, dtype)
+        return prompt_embeds, negative
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device):
+        """The scheduler's timesteps, keeping the last ``strength`` of them (img2img's rule)."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if strength >= 1.0:
@@ -330,6 +460,36 @@ class SLIMPipeline(DiffusionPipeline):
             self.scheduler.set_begin_index(start)
         return timesteps[start:]
 
+    def prepare_latents(
+        self,
+        control_latents: torch.Tensor,
+        first_timestep: torch.Tensor,
+        strength: float,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The starting point of the denoising loop. ``strength == 1``: pure noise, DiffEIC-style (the control
+        module carries ẑ into every step); ``< 1``: ẑ noised to the first kept timestep (fewer steps, closer to
+        what was sent). ``latents`` replaces the drawn noise."""
+        noise = latents
+        if noise is None:
+            noise = randn_tensor(control_latents.shape, generator=generator, device=control_latents.device,
+                                 dtype=control_latents.dtype)
+        noise = noise.to(device=control_latents.device, dtype=control_latents.dtype)
+        if strength >= 1.0:
+            return noise * self.scheduler.init_noise_sigma
+        return self.scheduler.add_noise(control_latents, noise, first_timestep.repeat(control_latents.shape[0]))
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> Dict[str, Any]:
+        # not every scheduler's step takes them: eta (η) is DDIM's, and only some draw noise with a generator
+        parameters = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in parameters:
+            extra["eta"] = eta
+        if "generator" in parameters:
+            extra["generator"] = generator
+        return extra
+
     @torch.no_grad()
     def denoise(
         self,
@@ -339,51 +499,32 @@ class SLIMPipeline(DiffusionPipeline):
         strength: float,
         guidance_scale: float,
         controlnet_conditioning_scale: float,
+        eta: float,
         generator,
+        latents: Optional[torch.Tensor],
         callback_on_step_end,
-        callback_on_step_end_tensor_inputs: List[str],
+        callback_on_step_end_tensor_inputs: Sequence[str],
     ) -> torch.Tensor:
-        """Run the controlled denoising loop for a batch of ẑ of one size; returns the enhanced latents."""
-        device = self.unet.device
-        dtype = self.unet.dtype
-        control_latents = control_latents.to(device=device, dtype=dtype)
-        prompt_embeds = self.encode_captions(captions, device, dtype)
+        """The controlled denoising loop for a batch of ẑ of one size; returns the enhanced latents."""
+        device = self._execution_device
+        control_latents = control_latents.to(device=device, dtype=self.unet.dtype)
         do_cfg = guidance_scale > 1.0
+        prompt_embeds, negative = self.encode_prompt(captions, device, do_cfg)
         if do_cfg:
-            negative = self.encode_captions([""] * len(captions), device, dtype)
             prompt_embeds = torch.cat([negative, prompt_embeds])
 
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
-        noise = randn_tensor(control_latents.shape, generator=generator, device=device, dtype=dtype)
-        if strength >= 1.0:
-            # DiffEIC-style: sample from noise, the control module carries ẑ into every step
-            latents = noise * self.scheduler.init_noise_sigma
-        else:
-            # start from ẑ noised to the first kept timestep: fewer steps, closer to the transmitted latent
-            latents = self.scheduler.add_noise(control_latents, noise, timesteps[:1].repeat(control_latents.shape[0]))
-        extra_step_kwargs = {"generator": generator} if "generator" in self.scheduler.step.__code__.co_varnames else {}
+        latents = self.prepare_latents(control_latents, timesteps[:1], strength, generator, latents)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 control = torch.cat([control_latents] * 2) if do_cfg else control_latents
-                down, mid = self.controlnet(
-                    model_input,
-                    t,
-                    encoder_hidden_states=prompt_embeds,
-                    controlnet_cond=control,
-                    conditioning_scale=controlnet_conditioning_scale,
-                    return_dict=False,
+                noise_pred = controlled_noise_prediction(
+                    self.unet, self.controlnet, model_input, t, prompt_embeds, control, controlnet_conditioning_scale
                 )
-                noise_pred = self.unet(
-                    model_input,
-                    t,
-                    encoder_hidden_states=prompt_embeds,
-                    down_block_additional_residuals=down,
-                    mid_block_additional_residual=mid,
-                    return_dict=False,
-                )[0]
                 if do_cfg:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
@@ -397,6 +538,14 @@ class SLIMPipeline(DiffusionPipeline):
         return latents
 
     @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, bitstream: SLIMBitstream) -> torch.Tensor:
+        """VAE-decoded pixels in [-1, 1] of one (padded) latent, cropped to the bitstream's image size."""
+        latents = latents.to(device=self._execution_device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
+        with self._vae_tiles(bitstream.height, bitstream.width):
+            decoded = self.vae.decode(latents, return_dict=False)[0]
+        return decoded[..., : bitstream.height, : bitstream.width]
+
+    @torch.no_grad()
     def decompress(
         self,
         bitstreams: Union[SLIMBitstream, bytes, Sequence[Union[SLIMBitstream, bytes]]],
@@ -405,40 +554,48 @@ class SLIMPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         controlnet_conditioning_scale: float = 1.0,
         use_diffusion: bool = True,
+        eta: float = 0.0,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
         output_type: str = "pil",
+        return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["SLIMPipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        return_dict: bool = True,
+        max_pixels: Optional[int] = None,
     ):
         """Decode bitstreams to images.
 
         Args:
+            bitstreams: :class:`SLIMBitstream` objects or the bytes of ``.slim`` files.
             num_inference_steps: denoising steps.
             strength: ``1.0`` samples from pure noise with the control module conditioning every step on ẑ;
                 ``< 1`` starts from ẑ noised to the corresponding timestep and runs only that fraction of
                 the steps (faster, closer to the transmitted latent).
             guidance_scale: classifier-free guidance on the caption (``> 1`` doubles the UNet batch).
+            controlnet_conditioning_scale: weight of the control module's residuals.
             use_diffusion: ``False`` decodes ẑ with the VAE directly (the paper's "w/o diffusion" ablation);
                 needs neither ``unet`` nor ``controlnet``.
+            eta: DDIM's η (other schedulers ignore it).
+            generator: seeds the sampling noise; a list gives one generator per bitstream.
+            latents: the starting noise, ``(B, C, h, w)``, instead of drawing it (one latent size only).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the enhanced latents, uncropped).
             callback_on_step_end: ``fn(pipeline, step, timestep, tensors) -> dict`` after every step; it may
                 return a replacement for ``latents``.
+            max_pixels: refuse (:class:`~slim_diffusers.SLIMDecodeLimitError`) bitstreams whose image has more
+                pixels; ``None`` uses ``slim_diffusers.coding.bitstream.MAX_IMAGE_PIXELS`` (4096 × 4096). The
+                limit is checked on the headers, before anything is decoded.
         """
         self._require("decompressor", action="decompress()")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if num_inference_steps < 1 or not 0 < strength <= 1:
-            raise ValueError("num_inference_steps must be ≥ 1 and strength in (0, 1]")
-        if output_type != "latent":
-            self._require("vae", action="decoding to images")
-        if use_diffusion:
-            self._require("unet", "controlnet", "text_encoder", "tokenizer", action="decompress(use_diffusion=True)")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {bad}")
-
-        bitstreams = self._load_bitstreams(bitstreams)
+        bitstreams = self._load_bitstreams(bitstreams, max_pixels)
+        self.check_inputs(
+            bitstreams=bitstreams,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+            output_type=output_type,
+            use_diffusion=use_diffusion,
+            latents=latents,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
         control = self.decode_latents_from_bitstreams(bitstreams)
         # items of one latent size share a batch; the generator is consumed in input order
         results: List[Optional[torch.Tensor]] = [None] * len(bitstreams)
@@ -448,7 +605,6 @@ class SLIMPipeline(DiffusionPipeline):
         for idx in by_size.values():
             batch = torch.cat([control[i] for i in idx])
             if use_diffusion:
-                gen = [generator[i] for i in idx] if isinstance(generator, list) else generator
                 batch = self.denoise(
                     batch,
                     [bitstreams[i].caption for i in idx],
@@ -456,7 +612,9 @@ class SLIMPipeline(DiffusionPipeline):
                     strength,
                     guidance_scale,
                     controlnet_conditioning_scale,
-                    gen,
+                    eta,
+                    [generator[i] for i in idx] if isinstance(generator, list) else generator,
+                    latents,
                     callback_on_step_end,
                     list(callback_on_step_end_tensor_inputs),
                 )
@@ -466,40 +624,62 @@ class SLIMPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = results if len(by_size) > 1 else torch.cat(results)
         else:
-            decoded = []
-            for bs, latent in zip(bitstreams, results):
-                latent = latent.to(device=self.vae.device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
-                pixels = self.vae.decode(latent, return_dict=False)[0][..., : bs.height, : bs.width]
-                decoded.append(pixels)
-            if output_type == "pt" and len({tuple(p.shape) for p in decoded}) == 1:
-                images = self.image_processor.postprocess(torch.cat(decoded), output_type="pt")
-            else:
-                images = [self.image_processor.postprocess(p, output_type=output_type) for p in decoded]
-                if output_type == "pil":
-                    images = [im[0] for im in images]
-                elif output_type == "np":
-                    images = np.concatenate(images) if len({im.shape for im in images}) == 1 else [im[0] for im in images]
-                else:
-                    images = [im[0] for im in images]
+            decoded = [self.decode_latents(latent, bs) for bs, latent in zip(bitstreams, results)]
+            images = self._postprocess(decoded, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return SLIMPipelineOutput(images=images)
+
+    def _postprocess(self, decoded: List[torch.Tensor], output_type: str):
+        """Images of one size come back as one array/tensor (``"np"``, ``"pt"``), of several sizes as a list."""
+        if output_type == "pt" and len({tuple(p.shape) for p in decoded}) == 1:
+            return self.image_processor.postprocess(torch.cat(decoded), output_type="pt")
+        images = [self.image_processor.postprocess(p, output_type=output_type)[0] for p in decoded]
+        if output_type == "np" and len({im.shape for im in images}) == 1:
+            return np.stack(images)
+        return images
 
     @torch.no_grad()
     def __call__(
         self,
         images: Union[ImageInput, Sequence[ImageInput]],
         captions: Optional[Union[str, Sequence[str]]] = None,
+        num_inference_steps: int = 20,
+        strength: float = 1.0,
+        guidance_scale: float = 1.0,
+        controlnet_conditioning_scale: float = 1.0,
+        use_diffusion: bool = True,
+        eta: float = 0.0,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
         return_dict: bool = True,
-        **decompress_kwargs,
+        callback_on_step_end: Optional[Callable[["SLIMPipeline", int, int, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        max_caption_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     ):
         """Compress then decompress: the images a machine at the other end of the link would see.
 
-        Returns images, the bitstreams and the bits per pixel of each (from the bytes of the whole file).
+        The arguments are those of :meth:`compress` and :meth:`decompress`. Returns the decoded images, the
+        bitstreams and the bits per pixel of each (from the bytes of the whole ``.slim`` file).
         """
-        bitstreams = self.compress(images, captions)
-        images = self.decompress(bitstreams, return_dict=True, **decompress_kwargs).images
+        bitstreams = self.compress(images, captions, max_caption_tokens=max_caption_tokens)
+        images = self.decompress(
+            bitstreams,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+            guidance_scale=guidance_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            use_diffusion=use_diffusion,
+            eta=eta,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_pixels=MAX_SIDE * MAX_SIDE,  # the caller's own images: no decoding limit beyond the format's
+        ).images
         bpp = [bs.bits_per_pixel for bs in bitstreams]
         if not return_dict:
             return (images, bitstreams, bpp)

@@ -93,3 +93,13 @@ def test_compressai_zoo_without_weights_fails_clearly(tmp_path, monkeypatch):
         CompressAICodec.from_zoo("jpeg-2000", qualities=[1], download=False)
     with pytest.raises(CodecUnavailableError, match="no pretrained"):
         CompressAICodec.from_zoo("bmshj2018-hyperprior", qualities=[42], download=False)
+
+
+def test_compressai_codec_decodes_a_batch_as_it_decodes_each(images):
+    codec = CompressAICodec({"a": _tiny_compressai_model(0)})
+    datas = [codec.encode(image, "a") for image in images]
+    together = codec.decode_batch(datas, "a")
+    for data, image in zip(datas, together):
+        alone = np.asarray(codec.decode(data, "a"), np.int16)
+        assert image.size == codec.decode(data, "a").size
+        assert np.abs(alone - np.asarray(image, np.int16)).max() <= 1  # the synthesis rounds per batch size

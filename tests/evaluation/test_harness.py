@@ -194,13 +194,14 @@ def test_plugged_in_codec_and_setup_errors(eval_classifier_dir, eval_dataset_dir
 
     assert main([*base, "--anchor", "AVIF", "-o", str(tmp_path / "x")]) == 2
     assert "anchor codec 'AVIF' is not evaluated" in capsys.readouterr().err
+    from slim_diffusers import toy_world
     from slim_diffusers.testing import tiny_classifier
 
     five = tmp_path / "five_classes"
     model, processor = tiny_classifier(num_labels=5)
     model.save_pretrained(five), processor.save_pretrained(five)
     assert main([*base, "--classifiers", str(five), "-o", str(tmp_path / "y")]) == 2
-    assert "10 classes but" in capsys.readouterr().err
+    assert f"{len(toy_world.CLASS_NAMES)} classes but" in capsys.readouterr().err
     assert not (tmp_path / "y" / "rows.jsonl").exists()  # refused before any work
 
     classifier = Classifier.from_pretrained(eval_classifier_dir)
@@ -234,3 +235,31 @@ def test_accelerate_launch_with_a_process_that_has_no_work(eval_classifier_dir, 
     assert not (out / "rows.rank1.jsonl").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["codecs"]["JPEG"]["10"]["images"] == 1
+
+
+def test_batched_evaluation_writes_the_bytes_of_one_at_a_time(eval_model_dir, eval_classifier_dir, eval_dataset_dir,
+                                                              tmp_path):
+    pipe = SLIMPipeline.from_pretrained(eval_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    codecs = [SLIMCodec({"m": pipe}, num_inference_steps=2, strength=0.5), PillowCodec("JPEG", qualities=[20])]
+    classifier = Classifier.from_pretrained(str(eval_classifier_dir))
+    samples = _samples(eval_dataset_dir, range(4))
+    one = Evaluation(tmp_path / "one", codecs, [classifier])
+    assert one.run(samples) == 8
+    batched = Evaluation(tmp_path / "batched", codecs, [classifier])
+    assert batched.run(samples, batch_size=3) == 8  # a batch of 3 and one of 1
+    rows_one = {(r["codec"], r["index"]): r for r in _rows(one.rows_path)}
+    rows_batched = {(r["codec"], r["index"]): r for r in _rows(batched.rows_path)}
+    assert rows_one.keys() == rows_batched.keys()
+    for key, row in rows_one.items():
+        other = rows_batched[key]
+        assert (row["bytes"], row["bpp"], row["label"]) == (other["bytes"], other["bpp"], other["label"])
+        assert (tmp_path / "one" / row["file"]).read_bytes() == (tmp_path / "batched" / other["file"]).read_bytes()
+        assert set(other["top5"]) == {classifier.name} and len(other["top5"][classifier.name]) == 5
+    # the decoded images agree with decoding one at a time up to rounding in the batched convolutions
+    data = (tmp_path / "one" / rows_one[("SLIM", 0)]["file"]).read_bytes()
+    alone = np.asarray(codecs[0].decode(data, "m"), np.int16)
+    together = np.asarray(codecs[0].decode_batch([data, data], "m")[0], np.int16)
+    assert np.abs(alone - together).max() <= 2
+    # resuming finds everything done
+    assert Evaluation(tmp_path / "batched", codecs, [classifier]).run(samples, batch_size=3) == 0

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import PIL.Image
@@ -113,13 +112,13 @@ def test_bad_inputs_fail_early_with_clear_messages(pipe):
         pipe.decompress(pipe.compress(torch.rand(3, 8, 8), captions=""), output_type="jpeg")
 
 
-def test_missing_caption_warns_once(images):
+def test_missing_caption_warns_once_through_the_logger(images, caplog):
     p = tiny_pipeline(seed=0)
-    with pytest.warns(UserWarning, match="empty caption"):
-        p.compress(images[:1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        p.compress(images[:1])
+    p.compress(images[:1])
+    assert "empty caption" in caplog.text
+    caplog.clear()
+    p.compress(images[:1])
+    assert not caplog.records
 
 
 def test_callback_on_step_end_sees_and_can_replace_latents(pipe, images):
@@ -223,3 +222,107 @@ def test_diffusion_parts_in_bfloat16(images):
     assert out.shape == (1, 32, 40, 3) and np.isfinite(out).all()
     # the codec kept float32, so the decoding weights, and what they accept, are unchanged
     assert p.compress(images[:1], captions="x")[0].fingerprint == bitstreams[0].fingerprint
+
+
+# ------------------------------------------------------------------------------- diffusers' pipeline habits
+# what diffusers' PipelineTesterMixin.test_pipeline_call_signature asks of a pipeline, with SLIM's inputs
+CALL_PARAMS = {"images", "captions"}
+CALL_OPTIONAL_PARAMS = {
+    "num_inference_steps", "strength", "guidance_scale", "controlnet_conditioning_scale", "use_diffusion", "eta",
+    "generator", "latents", "output_type", "return_dict", "callback_on_step_end", "callback_on_step_end_tensor_inputs",
+}
+
+
+@pytest.mark.parametrize("method", ["__call__", "decompress"])
+def test_call_signature_lists_every_argument(method):
+    import inspect
+
+    parameters = inspect.signature(getattr(SLIMPipeline, method)).parameters
+    assert not any(p.kind == p.VAR_KEYWORD for p in parameters.values()), "no hidden **kwargs"
+    optional = {name for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    assert CALL_OPTIONAL_PARAMS <= optional
+    if method == "__call__":
+        assert CALL_PARAMS <= set(parameters)
+
+
+def test_device_map_loading_decodes(saved, images, pipe):
+    loaded = SLIMPipeline.from_pretrained(saved, device_map="cpu")
+    loaded.set_progress_bar_config(disable=True)
+    bitstreams = pipe.compress(images, captions="x")
+    assert loaded.compress(images, captions="x") == bitstreams
+    np.testing.assert_allclose(decode(loaded, bitstreams), decode(pipe, bitstreams), atol=1e-5)
+
+
+def test_model_cpu_offload_gives_the_same_output(saved, images, pipe):
+    offloaded = SLIMPipeline.from_pretrained(saved)
+    offloaded.set_progress_bar_config(disable=True)
+    # on a machine without an accelerator the hooks move every model to the CPU and back: the wiring (the
+    # sequence, the hooks on the codec's coding methods, _execution_device) is what runs
+    offloaded.enable_model_cpu_offload(device="cpu")
+    for name in ("compressor", "decompressor", "controlnet", "unet", "vae", "text_encoder"):
+        assert hasattr(getattr(offloaded, name), "_hf_hook"), name
+    assert offloaded._execution_device.type == "cpu"
+    bitstreams = offloaded.compress(images, captions="x")
+    assert bitstreams == pipe.compress(images, captions="x")
+    np.testing.assert_allclose(decode(offloaded, bitstreams), decode(pipe, bitstreams), atol=1e-5)
+
+
+def test_given_latents_replace_the_drawn_noise(pipe, images):
+    bitstreams = pipe.compress(images, captions="x")
+    size = pipe._latent_size(bitstreams[0])
+    noise = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(5))
+    a = pipe.decompress(bitstreams, num_inference_steps=STEPS, latents=noise, output_type="np").images
+    b = pipe.decompress(bitstreams, num_inference_steps=STEPS, latents=noise.clone(), output_type="np",
+                        generator=torch.Generator().manual_seed(9)).images
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="latents"):
+        pipe.decompress(bitstreams, latents=noise[:1])
+
+
+def test_pipeline_loop_and_training_loss_share_one_denoiser_step(pipe):
+    import inspect
+
+    from slim_diffusers.models import controlnet as controlnet_module
+    from slim_diffusers.pipelines import pipeline_slim
+    from slim_diffusers.training import losses
+
+    assert losses.controlled_noise_prediction is controlnet_module.controlled_noise_prediction
+    assert pipeline_slim.controlled_noise_prediction is controlnet_module.controlled_noise_prediction
+    for module in (losses, pipeline_slim):
+        assert "down_block_additional_residuals" not in inspect.getsource(module)
+
+
+# ------------------------------------------------------------------------------------------- large images
+def test_large_images_go_through_the_vae_in_tiles(images):
+    from unittest import mock
+
+    from slim_diffusers.pipelines.pipeline_slim import VAE_TILING_MIN_PIXELS
+
+    pipe = tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_tile_size() == 256  # the tiny VAE's sample_size is 64: tiles are at least VAE_MIN_TILE_SIZE
+    large = PIL.Image.fromarray(np.random.default_rng(2).integers(0, 256, (500, 600, 3), dtype=np.uint8))
+    assert 500 * 600 > VAE_TILING_MIN_PIXELS >= 32 * 40
+
+    def run(image):
+        vae = pipe.vae
+        with mock.patch.object(vae, "_tiled_encode", wraps=vae._tiled_encode) as enc, \
+                mock.patch.object(vae, "tiled_decode", wraps=vae.tiled_decode) as dec:
+            (bs,) = pipe.compress(image, captions="x")
+            out = pipe.decompress(bs, use_diffusion=False, output_type="np").images
+        return bs, out, enc.call_count + dec.call_count
+
+    bs_auto, out_auto, tiled = run(large)
+    assert tiled == 2 and out_auto.shape == (1, 500, 600, 3)
+    assert not pipe.vae.use_tiling and pipe.vae.tile_sample_min_size == 64  # the VAE's own settings are restored
+    assert run(images[0])[2] == 0  # small images are coded whole
+
+    pipe.disable_vae_tiling()
+    bs_whole, out_whole, tiled = run(large)
+    assert tiled == 0 and out_whole.shape == out_auto.shape and bs_whole.payload != bs_auto.payload
+
+    pipe.enable_vae_tiling(tile_size=128)
+    assert pipe.vae_tile_size() == 128 and run(images[0])[2] == 0  # 40×32 fits in one tile
+    assert run(large)[2] == 2
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pipe.enable_vae_tiling(tile_size=100)

@@ -12,15 +12,15 @@ import yaml
 
 from slim_diffusers import testing as factory
 from slim_diffusers import toy_world
-from slim_diffusers.captioning import generate_captions
-from slim_diffusers.dataset_builder import (
+from slim_diffusers.semantics.captioning import generate_captions
+from slim_diffusers.training.dataset_builder import (
     BuildConfig,
     BuildConfigMismatchError,
     build_dataset,
     make_annotator,
     resolve_cam_target,
 )
-from slim_diffusers.roi import compute_roi_masks, roi_mask_to_array
+from slim_diffusers.semantics.roi import compute_roi_masks, roi_mask_to_array
 from slim_diffusers.testing import tiny_blip2, tiny_classifier
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,10 +72,10 @@ def test_save_tiny_dataset_round_trips_with_the_training_columns(tmp_path):
     ds = datasets.load_from_disk(str(out))
     assert ds.column_names == ["image", "label", "roi_mask", "caption"] and len(ds) == 6
     assert isinstance(ds.features["label"], datasets.ClassLabel) and isinstance(ds.features["roi_mask"], datasets.Image)
-    assert ds["label"] == [i % 10 for i in range(6)]
+    assert ds["label"] == [i % len(toy_world.CLASS_NAMES) for i in range(6)]
 
     # built by the same machinery: the masks and captions are those of the tiny models on these images
-    classifier, image_processor = tiny_classifier(seed=0, image_size=40)
+    classifier, image_processor = tiny_classifier(num_labels=len(toy_world.CLASS_NAMES), seed=0, image_size=40)
     captioner, processor = tiny_blip2(seed=0)
     images = [row["image"] for row in ds]
     assert all(np.array_equal(np.asarray(a), np.asarray(s.image)) for a, s in zip(images, toy_world.samples(6, 0, 40)))
@@ -86,8 +86,9 @@ def test_save_tiny_dataset_round_trips_with_the_training_columns(tmp_path):
     assert ds["caption"] == generate_captions(captioner, processor, images, list(masks)).captions
 
     # what the training script reads from it
-    train_slim = load_script("train_slim", REPO / "training" / "train_slim.py")
-    batch = train_slim.make_transform(32, no_roi=False)(ds[:2])
+    from slim_diffusers.training.training_utils import make_transform
+
+    batch = make_transform(32, no_roi=False)(ds[:2])
     assert batch["roi_mask"][0].shape == (1, 32, 32)
     assert 0 <= float(batch["roi_mask"][0].min()) and float(batch["roi_mask"][0].max()) <= 1
     assert float(batch["roi_mask"][0].max()) > 0.5  # read as weights, not as 0–255 grey levels clipped to 1
@@ -132,7 +133,7 @@ def test_source_captions_are_kept_without_a_captioner(tmp_path, models, prepare)
                              "--output_dir", out, "--batch_size", 3, "--chunk_size", 4])])
     ds = datasets.load_from_disk(str(out))
     assert ds.column_names == ["image", "label", "roi_mask", "caption"]
-    assert ds["caption"] == [toy_world.caption_for(i % 10) for i in range(6)]
+    assert ds["caption"] == [toy_world.caption_for(i % len(toy_world.CLASS_NAMES)) for i in range(6)]
     assert all(row["roi_mask"].size == (40, 40) for row in ds)
 
     from huggingface_hub import DatasetCard

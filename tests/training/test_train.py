@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from slim_diffusers import SLIMPipeline
-from slim_diffusers.losses import LossWeights, slim_losses
+from slim_diffusers.training.losses import LossWeights, slim_losses
 from slim_diffusers.testing import tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,8 +69,8 @@ def test_every_loss_term_falls_on_a_fixed_batch():
     pipe = tiny_pipeline(seed=0, control_scale=0.0)
     ds = make_dataset(n=4)
     pixels = torch.stack([torch.from_numpy(np.asarray(im, np.float32) / 127.5 - 1).permute(2, 0, 1) for im in ds["image"]])
-    masks = torch.stack([torch.from_numpy(np.asarray(m, np.float32))[None] for m in ds["roi_mask"]])
-    embeds = pipe.encode_captions(list(ds["caption"]), "cpu", torch.float32)
+    masks = torch.stack([torch.from_numpy(np.array(m, np.float32))[None] for m in ds["roi_mask"]])
+    embeds, _ = pipe.encode_prompt(list(ds["caption"]), "cpu", False)
     params = [*pipe.compressor.parameters(), *pipe.decompressor.parameters(), *pipe.controlnet.parameters()]
     opt = torch.optim.Adam(params, lr=2e-3)
     for m in (pipe.compressor, pipe.decompressor, pipe.controlnet):
@@ -184,24 +184,50 @@ def test_two_process_launch(setup):
 
 
 def test_model_card_names_hub_ids_in_its_metadata_and_local_paths_in_its_text(tmp_path):
-    import importlib.util
     from types import SimpleNamespace
 
     from huggingface_hub import ModelCard
 
-    spec = importlib.util.spec_from_file_location("train_slim", REPO / "training" / "train_slim.py")
-    train_slim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_slim)
+    from slim_diffusers.training import training_utils
     args = SimpleNamespace(pretrained_model_name_or_path="stabilityai/stable-diffusion-2-1-base", dataset_name=None,
                            train_data_dir=str(tmp_path / "data: local"), hub_model_id="me/slim", stage=1,
                            lambda_rate=0.5, lambda_guide=1.0, lambda_diffusion=1.0, lambda_roi=1.0, lambda_task=0.1,
                            no_roi=True, unet_lora_rank=0)
     (tmp_path / "data: local").mkdir()
-    train_slim.write_model_card(args, tmp_path, {"val/bpp": 0.05}, 100)
+    training_utils.write_model_card(args, tmp_path, {"val/bpp": 0.05}, 100)
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model == "stabilityai/stable-diffusion-2-1-base" and card.data.datasets is None
     assert "data: local" in card.text and "w/o RoI" in card.text and "| val/bpp | 0.0500 |" in card.text
     args.pretrained_model_name_or_path, args.dataset_name = str(tmp_path), "me/slim-train"
-    train_slim.write_model_card(args, tmp_path, {}, 100)
+    training_utils.write_model_card(args, tmp_path, {}, 100)
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model is None and card.data.datasets == ["me/slim-train"]
+
+
+def test_training_module_holds_only_what_trains():
+    from slim_diffusers.training.training_utils import SLIMTrainingModule
+
+    pipe = tiny_pipeline(seed=0)
+    module = SLIMTrainingModule.from_pipeline(pipe)
+    assert {key.split(".")[0] for key in module.state_dict()} == {"compressor", "decompressor", "controlnet"}
+    main, aux = module.parameter_groups()
+    assert {id(p) for p in main + aux} == {id(p) for p in module.parameters()}
+    assert aux and all(p.shape[-1] == 3 for p in aux)  # the hyper-prior's quantiles
+    # validation and saving build a pipeline of the very modules that train
+    built = module.pipeline()
+    assert built.compressor is pipe.compressor and built.controlnet is pipe.controlnet and built.unet is pipe.unet
+    assert module.pipeline(copy_decompressor=True).decompressor is not pipe.decompressor
+
+
+def test_resuming_a_checkpoint_of_the_earlier_layout_names_its_version(tmp_path):
+    from slim_diffusers.training.training_utils import CheckpointVersionError, resolve_checkpoint
+
+    old = tmp_path / "checkpoint-4"
+    old.mkdir()
+    for name in ("model.safetensors", "model_1.safetensors", "model_2.safetensors", "optimizer.bin"):
+        (old / name).write_bytes(b"")
+    with pytest.raises(CheckpointVersionError, match="slim-diffusers 0.1.0"):
+        resolve_checkpoint(tmp_path, "latest")
+    assert resolve_checkpoint(tmp_path / "empty", "latest") is None
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-9"))

@@ -19,7 +19,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .codec import run_codec
+from ..coding.latents import run_codec
+from ..models.controlnet import controlled_noise_prediction
 
 
 @dataclass
@@ -64,27 +65,13 @@ def predict_original(scheduler, noisy: torch.Tensor, model_output: torch.Tensor,
     return alphas.sqrt() * noisy - (1 - alphas).sqrt() * model_output
 
 
-def controlled_prediction(pipe, noisy, timesteps, prompt_embeds, control_latents) -> torch.Tensor:
-    down, mid = pipe.controlnet(
-        noisy, timesteps, encoder_hidden_states=prompt_embeds, controlnet_cond=control_latents, return_dict=False
-    )
-    return pipe.unet(
-        noisy,
-        timesteps,
-        encoder_hidden_states=prompt_embeds,
-        down_block_additional_residuals=down,
-        mid_block_additional_residual=mid,
-        return_dict=False,
-    )[0]
-
-
 def resize_mask(roi_mask: torch.Tensor, size) -> torch.Tensor:
     """Area-average a (B, 1, H, W) mask to ``size``: a latent position's weight is its pixels' mean."""
     return F.adaptive_avg_pool2d(roi_mask, size) if tuple(roi_mask.shape[-2:]) != tuple(size) else roi_mask
 
 
 def slim_losses(
-    pipe,
+    model,
     pixels: torch.Tensor,
     roi_mask: torch.Tensor,
     prompt_embeds: torch.Tensor,
@@ -99,8 +86,9 @@ def slim_losses(
     """All loss terms for one batch, and their weighted sum under ``"loss"``.
 
     Args:
-        pipe: a :class:`~slim_diffusers.SLIMPipeline` (its vae, unet, scheduler, controlnet, compressor,
-            decompressor are used; only the last three should require gradients).
+        model: what holds the components — a :class:`~slim_diffusers.training.SLIMTrainingModule` or a
+            :class:`~slim_diffusers.SLIMPipeline` (its ``vae``, ``unet``, ``scheduler``, ``controlnet``,
+            ``compressor`` and ``decompressor`` are used; only the last three should require gradients).
         pixels: images in [-1, 1], (B, 3, H, W), H and W multiples of the VAE stride.
         roi_mask: (B, 1, H, W) in [0, 1]; all ones trains without RoI focus (the "w/o RoI" ablation).
         prompt_embeds: CLIP-encoded captions, (B, L, D).
@@ -109,8 +97,8 @@ def slim_losses(
             maps decoded images in [0, 1] to the classifier's input.
     """
     with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
-    coded = run_codec(pipe.compressor, pipe.decompressor, latents)
+        latents = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
+    coded = run_codec(model.compressor, model.decompressor, latents)
     latents_hat = coded.latents
     mask_latent = resize_mask(roi_mask, latents.shape[-2:]).to(latents.dtype)
 
@@ -119,14 +107,14 @@ def slim_losses(
         "guide_loss": guide_loss(latents, latents_hat, mask_latent),
     }
 
-    scheduler = pipe.scheduler
+    scheduler = model.scheduler
     batch = latents.shape[0]
     num_train_timesteps = scheduler.config.num_train_timesteps
     device = latents.device
     timesteps = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
     noise = torch.randn(latents.shape, generator=generator, device="cpu").to(device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = controlled_prediction(pipe, noisy, timesteps, prompt_embeds, latents_hat)
+    prediction = controlled_noise_prediction(model.unet, model.controlnet, noisy, timesteps, prompt_embeds, latents_hat)
     terms["diffusion_loss"] = F.mse_loss(prediction.float(), diffusion_target(scheduler, latents, noise, timesteps).float())
 
     loss = weights.rate * terms["rate_bpp"] + weights.guide * terms["guide_loss"] + weights.diffusion * terms["diffusion_loss"]
@@ -138,8 +126,9 @@ def slim_losses(
         noise2 = torch.randn(latents.shape, generator=generator, device="cpu").to(device, latents.dtype)
         t2 = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
         noisy_hat = scheduler.add_noise(latents_hat, noise2, t2)
-        x0 = predict_original(scheduler, noisy_hat, controlled_prediction(pipe, noisy_hat, t2, prompt_embeds, latents_hat), t2)
-        decoded = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+        prediction_hat = controlled_noise_prediction(model.unet, model.controlnet, noisy_hat, t2, prompt_embeds, latents_hat)
+        x0 = predict_original(scheduler, noisy_hat, prediction_hat, t2)
+        decoded = model.vae.decode(x0 / model.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
         decoded = decoded[..., : pixels.shape[-2], : pixels.shape[-1]]
         mask = roi_mask.to(decoded.dtype)
         terms["roi_mse"] = F.mse_loss(mask * decoded, mask * pixels)

@@ -7,7 +7,7 @@ ground-truth class when it is known, else for the classifier's top prediction.
 
 A mask is a soft weight in [0, 1] per image pixel, at the image's own size: the guide loss weighs latent
 errors by it (:func:`resize_to_latent` gives it at latent size), the RoI loss weighs pixel errors by it,
-and the captioner sees the image with the pixels outside it suppressed (:mod:`slim_diffusers.captioning`).
+and the captioner sees the image with the pixels outside it suppressed (:mod:`slim_diffusers.semantics.captioning`).
 
 Grad-CAM here is a few lines of torch rather than the ``grad-cam`` package: that package only installs
 next to ``numpy<2`` by back-tracking to an old OpenCV build, pulls OpenCV, scikit-learn and ttach, and does
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 
-from .image_utils import ImageInput, as_image_list, image_size, to_rgb_tensor
+from ..utils.image_utils import ImageInput, as_image_list, image_size, to_rgb_tensor
+from ..utils.loading import load_image_classifier
 
 DEFAULT_ROI_CLASSIFIER = "microsoft/resnet-50"
 
@@ -341,28 +342,6 @@ def check_mask_matches_image(mask: MaskInput, image: ImageInput, index: int = 0)
         )
 
 
-def dtype_kwargs(torch_dtype) -> dict:
-    """``from_pretrained`` keyword for a dtype: transformers ≥ 4.56 calls it ``dtype``, older ones ``torch_dtype``."""
-    if torch_dtype is None:
-        return {}
-    import transformers
-    from packaging.version import Version
-
-    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": torch_dtype}
-
-
-def load_frozen(model_class, processor_class, name_or_path: str, device=None, torch_dtype=None, **kwargs):
-    """``(model, processor)`` from the Hub or a local ``save_pretrained`` directory; the model frozen, in eval mode."""
-    model = model_class.from_pretrained(name_or_path, **dtype_kwargs(torch_dtype), **kwargs)
-    processor = processor_class.from_pretrained(name_or_path, **kwargs)
-    model.requires_grad_(False).eval()
-    if device is not None:
-        model.to(device)
-    return model, processor
-
-
 def load_roi_classifier(name_or_path: str = DEFAULT_ROI_CLASSIFIER, device=None, torch_dtype=None, **kwargs):
-    """``(classifier, image_processor)``: any ``AutoModelForImageClassification`` with its image processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    return load_frozen(AutoModelForImageClassification, AutoImageProcessor, name_or_path, device, torch_dtype, **kwargs)
+    """``(classifier, image_processor)``: any ``AutoModelForImageClassification`` with its image processor, frozen."""
+    return load_image_classifier(name_or_path, device, torch_dtype, **kwargs)

@@ -13,7 +13,7 @@ Byte layout (format version 1; integers little-endian, ``uvarint`` = unsigned LE
             n         caption: UTF-8 text compressed with zlib's raw DEFLATE (``wbits=-15``: no zlib
                       header or Adler-32, the file has its own CRC); decompressed at most 1024 bytes
             uvarint   payload length in bytes
-            n         payload: one rANS stream of the latent (:mod:`slim_diffusers.codec`)
+            n         payload: one rANS stream of the latent (:mod:`slim_diffusers.coding.latents`)
             4         CRC-32 (``zlib.crc32``) of every byte before it
 
 An empty caption costs one byte (its zero length). The header adds 15–17 bytes to the payload and
@@ -21,16 +21,20 @@ caption; bits per pixel counts all of them.
 
 Every malformed input raises :class:`SLIMBitstreamError` before any memory is sized from a header field:
 lengths are checked against the bytes actually present and against the limits above.
+
+Decoders also refuse, by default, images of more than :data:`MAX_IMAGE_PIXELS` pixels
+(:func:`check_decode_limit`, :class:`~slim_diffusers.SLIMDecodeLimitError`): the format allows 16384×16384, and
+a file of 27 bytes can claim it.
 """
 
 import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Tuple, Type, Union
+from typing import Optional, Tuple, Type, Union
 
-from .errors import SLIMBitstreamError
-from .file_utils import write_atomically
+from ..errors import SLIMBitstreamError, SLIMDecodeLimitError
+from ..utils.file_utils import write_atomically
 
 MAGIC = b"SLIM"
 FORMAT_VERSION = 1
@@ -40,11 +44,18 @@ MAX_CAPTION_BYTES = 1024
 FINGERPRINT_BYTES = 4
 # a 16384² image at an absurd 8 bpp is 256 MiB; anything larger is not a .slim file
 MAX_FILE_BYTES = 1 << 28
+# The decoders' default limit on the pixels of the image a file claims (like Pillow's Image.MAX_IMAGE_PIXELS);
+# None removes it. 4096×4096 admits every photograph a machine is usually sent (a 16.7-megapixel camera
+# frame, 4K video frames) while a 27-byte file claiming 16384×16384 is refused. Raise it per call
+# (`SLIMPipeline.decompress(..., max_pixels=N)`, `slim decompress --max-pixels N`) or here, for the process.
+MAX_IMAGE_PIXELS: Optional[int] = 4096 * 4096
 
 __all__ = [
     "FORMAT_VERSION",
     "SLIMBitstream",
+    "MAX_IMAGE_PIXELS",
     "SLIMBitstreamError",
+    "check_decode_limit",
     "compress_caption",
     "decompress_caption",
 ]
@@ -105,6 +116,20 @@ def decompress_caption(data: bytes) -> str:
         return text.decode("utf-8")
     except UnicodeDecodeError:
         raise SLIMBitstreamError("corrupt caption in .slim data: not UTF-8 text") from None
+
+
+def check_decode_limit(bitstream: "SLIMBitstream", max_pixels: Optional[int] = None, name: str = "the .slim file") -> None:
+    """Raise :class:`SLIMDecodeLimitError` when ``bitstream`` claims more than ``max_pixels`` pixels (``None``: the
+    module's :data:`MAX_IMAGE_PIXELS`, read at call time; a limit of ``None`` there means no limit). ``name``
+    names the file in the message. Decoders call it right after parsing, before anything is sized from the header."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    pixels = bitstream.height * bitstream.width
+    if limit is not None and pixels > limit:
+        raise SLIMDecodeLimitError(
+            f"{name} claims a {bitstream.width}×{bitstream.height} image ({pixels / 1e6:.1f} megapixels), more than "
+            f"the decoding limit of {limit} pixels ({limit / 1e6:.1f} megapixels); if you trust the file, raise the "
+            f"limit: `slim decompress --max-pixels {pixels}` or `pipe.decompress(..., max_pixels={pixels})`"
+        )
 
 
 @dataclass

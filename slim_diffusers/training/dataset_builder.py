@@ -1,17 +1,17 @@
 """Build SLIM's training dataset: ``image``, ``label``, ``roi_mask``, ``caption`` (paper §3.2.1, supplementary §6).
 
 From any image-classification dataset (``image`` + ``label``), each image gets its Grad-CAM RoI mask
-(:mod:`slim_diffusers.roi`) and its RoI-focused BLIP-2 caption (:mod:`slim_diffusers.captioning`), both
+(:mod:`slim_diffusers.semantics.roi`) and its RoI-focused BLIP-2 caption (:mod:`slim_diffusers.semantics.captioning`), both
 computed in one batched ``Dataset.map`` pass. ``training/prepare_dataset.py`` is the command line around
 :func:`build_dataset`; ``python -m slim_diffusers.testing save-tiny-dataset`` runs the same function with
 tiny models on generated images.
 
-Columns of the result (``save_to_disk``; what ``training/train_slim.py`` reads):
+Columns of the result (``save_to_disk``; what the training scripts read):
 
 - ``image``: the source image, bytes as the source stored them (never re-encoded);
 - ``label``: the source's class (a ``ClassLabel`` when the source has one), -1 when it has none;
 - ``roi_mask``: 8-bit greyscale PNG at the image's size, weight = value / 255
-  (:func:`slim_diffusers.roi.roi_mask_to_array` reads it back);
+  (:func:`slim_diffusers.semantics.roi.roi_mask_to_array` reads it back);
 - ``caption``: the RoI-focused caption.
 
 Work is split into chunks of ``chunk_size`` rows. Each chunk is written with ``save_to_disk`` into
@@ -37,14 +37,17 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from .captioning import DEFAULT_MAX_NEW_TOKENS, generate_captions
-from .roi import compute_roi_masks, roi_mask_to_image
+from ..semantics.captioning import DEFAULT_MAX_NEW_TOKENS, generate_captions
+from ..semantics.roi import compute_roi_masks, roi_mask_to_image
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("image", "label", "roi_mask", "caption")
 CONFIG_FILE = "build_config.json"
 
+
+# templates of the model and dataset cards (package data)
+HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
 
 class BuildConfigMismatchError(ValueError):
     """The chunk directory of an interrupted build was made with other settings than this run's."""

@@ -1,9 +1,9 @@
-"""Latent ↔ bytes: padding, entropy coding with the SLIM codec components, payload framing.
+"""Latent ↔ bytes: SLIM's compressor and decompressor put together around the one latent codec.
 
-A payload is one rANS stream (CompressAI's coder) holding every symbol of one image's latent: the
-hyper-latent first, then the checkerboard anchors and non-anchors of each channel group. One stream per
-image rather than one per group saves the coder's 8-byte flush per group, which matters at a few hundred
-bytes per image. Every tensor shape follows from the latent size, so the payload carries no shapes.
+:func:`compress_latents` and :func:`decompress_latents` are what the pipeline calls: padding to the codec's
+stride, the analysis transforms, :class:`~slim_diffusers.coding.latent_codec.SLIMLatentCodec` (one rANS
+stream per image) and the synthesis transform. :func:`run_codec` is the same path for training, with
+likelihoods instead of bytes.
 
 Entropy coding runs one item at a time, so a batch codes exactly like the same images one by one.
 """
@@ -14,11 +14,9 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from compressai.ans import BufferedRansEncoder, RansDecoder
-
-from .errors import SLIMBitstreamError, SLIMModelMismatchError
-from .models.compressor import SLIMCompressor
-from .models.decompressor import SLIMDecompressor
+from ..errors import SLIMModelMismatchError
+from ..models.compressor import SLIMCompressor
+from ..models.decompressor import SLIMDecompressor
 
 
 @dataclass
@@ -74,39 +72,9 @@ def _analyse(compressor: SLIMCompressor, latents: torch.Tensor):
 def run_codec(compressor: SLIMCompressor, decompressor: SLIMDecompressor, latents: torch.Tensor) -> SLIMCodecOutput:
     """Differentiable pass for training (and the eval-mode reconstruction when the modules are in eval)."""
     h, w = latents.shape[-2:]
-    # in multi-process training both arrive wrapped in DistributedDataParallel: call the wrappers (they
-    # synchronise gradients), read attributes from the modules inside
-    stride = getattr(decompressor, "module", decompressor).total_stride
-    coded = _analyse(compressor, pad_latents(latents, stride))
+    coded = _analyse(compressor, pad_latents(latents, decompressor.total_stride))
     out = decompressor(coded.y, coded.z)
     return SLIMCodecOutput(latents=out.latents[..., :h, :w], likelihoods=out.likelihoods)
-
-
-def _overread_margin(payload: bytes, decompressor: SLIMDecompressor, sizes) -> int:
-    # CompressAI's rANS decoder does not check the end of its buffer: on a corrupt stream it keeps reading.
-    # Zeros after the payload bound what it can read (at most one 32-bit word per symbol, plus escape
-    # codes that stop at the first zero nibble), so a bad file decodes to garbage instead of reading
-    # foreign memory.
-    (yh, yw), (zh, zw) = sizes
-    symbols = decompressor.config.latent_codec_channels * yh * yw + decompressor.config.hyper_channels * zh * zw
-    return 4 * (symbols + 16) + 16 * len(payload)
-
-
-def payload_decoder(decompressor: SLIMDecompressor, payload: bytes, sizes) -> RansDecoder:
-    """A rANS decoder over ``payload`` (one image's stream), checked for shape and guarded against over-reads."""
-    payload = bytes(payload)
-    if len(payload) < 8 or len(payload) % 4:
-        raise SLIMBitstreamError(
-            f"corrupt payload: {len(payload)} bytes is not a whole rANS stream (a multiple of 4, at least 8)"
-        )
-    decoder = RansDecoder()
-    decoder.set_stream(payload + bytes(_overread_margin(payload, decompressor, sizes)))
-    return decoder
-
-
-def _require_tables(decompressor: SLIMDecompressor) -> None:
-    if not decompressor.is_ready_to_code:
-        raise RuntimeError("the decompressor has no CDF tables yet: call `decompressor.update()` after training")
 
 
 # --------------------------------------------------------------------------------------------- coding
@@ -114,33 +82,21 @@ def _require_tables(decompressor: SLIMDecompressor) -> None:
 def compress_latents(compressor: SLIMCompressor, decompressor: SLIMDecompressor, latents: torch.Tensor) -> List[bytes]:
     """Entropy-code a batch of latents ``(B, C, H, W)``; one payload per item."""
     check_pair(compressor, decompressor)
-    _require_tables(decompressor)
     if latents.ndim != 4 or latents.shape[1] != compressor.config.latent_channels:
         raise ValueError(
             f"expected latents of shape (batch, {compressor.config.latent_channels}, H, W), got {tuple(latents.shape)}"
         )
-    payloads = []
-    for item in pad_latents(latents, decompressor.total_stride).split(1):
-        coded = compressor(item)
-        encoder = BufferedRansEncoder()
-        decompressor.code_item(coded.y, coded.z, encoder=encoder)
-        payloads.append(encoder.flush())
-    return payloads
+    coded = _analyse(compressor, pad_latents(latents, decompressor.total_stride))
+    return decompressor.entropy_encode(coded.y, coded.z)
 
 
 @torch.no_grad()
 def decompress_latents(decompressor: SLIMDecompressor, payloads: Sequence[bytes], latent_shape: Sequence[int]) -> torch.Tensor:
     """Decode payloads written by :func:`compress_latents` for latents of spatial size ``latent_shape[-2:]``."""
-    _require_tables(decompressor)
     h, w = int(latent_shape[-2]), int(latent_shape[-1])
     if h <= 0 or w <= 0:
         raise ValueError(f"latent size must be positive, got {h}×{w}")
-    sizes = decompressor.code_shapes(h, w)
-    y_hats = []
-    for payload in payloads:
-        y_hats.append(decompressor.code_item(decoder=payload_decoder(decompressor, payload, sizes), sizes=sizes)[0])
-    latents = decompressor.synthesize(torch.cat(y_hats, dim=0))
-    return latents[..., :h, :w]
+    return decompressor.decode(payloads, (h, w))
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ background, so the captioner sees the image with the pixels outside the RoI supp
 
     x' = M ⊙ x + (1 − M) ⊙ c
 
-with the soft Grad-CAM mask ``M`` (:mod:`slim_diffusers.roi`) and ``c`` the captioner's normalisation mean
+with the soft Grad-CAM mask ``M`` (:mod:`slim_diffusers.semantics.roi`) and ``c`` the captioner's normalisation mean
 (its image processor's ``image_mean``; mid grey if it has none). After the processor normalises the image,
 suppressed pixels are exactly zero: the vision encoder gets no signal from them, rather than a black or
 white surface it would describe ("a black background"). The mask is soft, so the RoI fades out instead
@@ -14,7 +14,7 @@ of being cut along a hard edge the captioner could mistake for an object outline
 
 Captioning is batched and bounded: ``max_new_tokens`` caps the generated tokens (20 by default), and a
 caption is cut to the ``.slim`` format's limit of 1024 UTF-8 bytes. :func:`caption_bits` is the caption's
-cost in the bitstream: its raw-DEFLATE (zlib) size in bits, as :mod:`slim_diffusers.bitstream` writes it.
+cost in the bitstream: its raw-DEFLATE (zlib) size in bits, as :mod:`slim_diffusers.coding.bitstream` writes it.
 """
 
 from dataclasses import dataclass
@@ -25,9 +25,10 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
-from .bitstream import MAX_CAPTION_BYTES, compress_caption
-from .image_utils import ImageInput, as_image_list, to_rgb_tensor
-from .roi import MaskInput, as_mask_list, check_mask_matches_image, load_frozen, roi_mask_to_array
+from ..coding.bitstream import MAX_CAPTION_BYTES, compress_caption
+from ..utils.image_utils import ImageInput, as_image_list, to_rgb_tensor
+from ..utils.loading import load_frozen
+from .roi import MaskInput, as_mask_list, check_mask_matches_image, roi_mask_to_array
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 DEFAULT_MAX_NEW_TOKENS = 20
@@ -67,7 +68,7 @@ def suppress_non_roi(
 ) -> List[PIL.Image.Image]:
     """``M ⊙ x + (1 − M) ⊙ colour`` for each image and its mask, as RGB PIL images.
 
-    Masks must be at image size (:class:`~slim_diffusers.roi.RoIMaskSizeError` otherwise); they may be soft
+    Masks must be at image size (:class:`~slim_diffusers.semantics.roi.RoIMaskSizeError` otherwise); they may be soft
     (floats in [0, 1]) or stored 8-bit ``"L"`` images.
     """
     images = as_image_list(images)
@@ -128,7 +129,7 @@ def generate_captions(
     Args:
         captioner, processor: the captioning model and its ``Blip2Processor``.
         images: PIL images, H×W×C arrays or C×H×W tensors in [0, 1], or a list of them.
-        roi_masks: one mask per image at image size (from :func:`slim_diffusers.roi.compute_roi_masks`);
+        roi_masks: one mask per image at image size (from :func:`slim_diffusers.semantics.roi.compute_roi_masks`);
             ``None`` captions the whole images.
         prompt: optional text the caption continues (e.g. ``"a photo of"``); it is not part of the caption.
         max_new_tokens: bound on the generated tokens (the caption's length and its bits).

@@ -12,17 +12,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codec import payload_decoder
-from .models.decompressor import SLIMDecompressor
+from ..models.decompressor import SLIMDecompressor
+from ..utils.file_utils import write_atomically
 
 
 @torch.no_grad()
 def bit_allocation(decompressor: SLIMDecompressor, payload: bytes, latent_shape: Sequence[int]) -> torch.Tensor:
-    """Bits spent at each position of ``y`` (shape ``(H_y, W_y)``, the padded latent divided by the stride)."""
+    """Bits spent at each position of ``y`` (shape ``(H_y, W_y)``, the padded latent divided by the stride).
+
+    The payload is decoded, and the eval-mode codec gives the likelihood of each decoded symbol: it re-quantises
+    ``y_hat`` and ``z_hat`` to exactly the symbols that were read.
+    """
+    coder = decompressor.entropy_coder
+    if coder.training:
+        raise RuntimeError("bit allocation reads the entropy model as coding uses it: call decompressor.eval() first")
     h, w = int(latent_shape[-2]), int(latent_shape[-1])
-    sizes = decompressor.code_shapes(h, w)
-    decoder = payload_decoder(decompressor, payload, sizes)
-    _, likelihoods = decompressor.code_item(decoder=decoder, sizes=sizes, with_likelihoods=True)
+    _, z_size = decompressor.code_shapes(h, w)
+    decoded = coder.decompress([[payload]], z_size)
+    likelihoods = coder(decoded["y_hat"], decoded["z_hat"])["likelihoods"]
     y_bits = -torch.log2(likelihoods["y"]).sum(dim=1)[0]
     z_bits = -torch.log2(likelihoods["z"]).sum(dim=1, keepdim=True)
     share = decompressor.hyper_stride**2
@@ -72,6 +79,8 @@ def draw_bit_allocation(image, bits: torch.Tensor, path, stride: int, title: str
     ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return per_pixel

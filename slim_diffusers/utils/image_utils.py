@@ -1,6 +1,6 @@
 """Images in: the one place where PIL images, arrays and tensors of any mode become RGB.
 
-The pipeline (compression), Grad-CAM (:mod:`slim_diffusers.roi`) and captioning all accept the same inputs
+The pipeline (compression), Grad-CAM (:mod:`slim_diffusers.semantics.roi`) and captioning all accept the same inputs
 and must see the same pixels: a transparent pixel is shown over white, as an image viewer would, and grey
 images are repeated over the three channels.
 """

@@ -1,0 +1,365 @@
+"""What SLIM's training scripts share, kept in the package as diffusers keeps ``diffusers.training_utils``.
+
+- :class:`SLIMTrainingModule` owns what trains (compressor, decompressor, control module) and is handed the
+  frozen VAE, UNet, text encoder and scheduler; its ``forward`` is the objective of
+  :mod:`slim_diffusers.training.losses`. One module is one DDP wrapper and one state per checkpoint, and the
+  frozen models are not in it, so a checkpoint holds only what trains.
+- the training data: columns, transforms, a resumable epoch order;
+- checkpoints (Accelerate states with a format marker), validation, the saved pipeline and its model card.
+
+``training/train_stage1.py`` and ``train_stage2.py`` run :func:`slim_diffusers.training.train.main`.
+"""
+
+import copy
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..semantics.roi import classifier_inputs, roi_mask_to_array
+from .dataset_builder import HUB_CARDS
+from .losses import LossWeights, slim_losses
+
+logger = logging.getLogger(__name__)
+
+# Accelerate states written by these scripts carry this marker; the version before it prepared the three
+# trainable models separately (model.safetensors, model_1..., one per component)
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_MARKER = "slim_checkpoint.json"
+
+
+class CheckpointVersionError(ValueError):
+    """A checkpoint was written by a version of the training scripts that this one cannot resume."""
+
+
+# ------------------------------------------------------------------------------------------------ module
+@dataclass
+class FrozenComponents:
+    """The parts of Stable Diffusion that SLIM uses without training them."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+
+class SLIMTrainingModule(nn.Module):
+    """The trainable parts of SLIM in one module, with the frozen models handed in.
+
+    Args:
+        compressor, decompressor, controlnet: the trainable components (registered: they are what DDP wraps,
+            what the optimizer steps and what a checkpoint holds).
+        frozen: the frozen VAE, UNet, text encoder, tokenizer and scheduler; held outside the module's
+            parameters and state (move them to the device and dtype yourself).
+        train_unet_lora: the UNet carries trainable LoRA adapters (``--unet_lora_rank``): it is registered too,
+            so DDP synchronises their gradients and checkpoints keep them.
+    """
+
+    def __init__(self, compressor, decompressor, controlnet, frozen: FrozenComponents, train_unet_lora: bool = False):
+        super().__init__()
+        self.compressor = compressor
+        self.decompressor = decompressor
+        self.controlnet = controlnet
+        self.frozen = frozen  # a dataclass, not a module: not registered
+        if train_unet_lora:
+            self.add_module("unet_with_lora", frozen.unet)
+
+    @classmethod
+    def from_pipeline(cls, pipe, train_unet_lora: bool = False) -> "SLIMTrainingModule":
+        frozen = FrozenComponents(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+        return cls(pipe.compressor, pipe.decompressor, pipe.controlnet, frozen, train_unet_lora=train_unet_lora)
+
+    # the loss reads the components by these names, from this module or from a pipeline
+    @property
+    def vae(self):
+        return self.frozen.vae
+
+    @property
+    def unet(self):
+        return self.frozen.unet
+
+    @property
+    def text_encoder(self):
+        return self.frozen.text_encoder
+
+    @property
+    def scheduler(self):
+        return self.frozen.scheduler
+
+    def parameter_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
+        """``(main, aux)``: everything that trains, and the hyper-prior's quantiles, which CompressAI fits with their
+        own loss and learning rate."""
+        aux = [p for n, p in self.decompressor.named_parameters() if n.endswith("quantiles")]
+        main = [p for n, p in self.decompressor.named_parameters() if not n.endswith("quantiles")]
+        main += list(self.compressor.parameters()) + list(self.controlnet.parameters())
+        if "unet_with_lora" in self._modules:
+            main += [p for p in self.frozen.unet.parameters() if p.requires_grad]
+        return main, aux
+
+    @torch.no_grad()
+    def encode_captions(self, captions: List[str], device, dtype) -> torch.Tensor:
+        from ..pipelines.pipeline_slim import encode_captions
+
+        return encode_captions(self.frozen.tokenizer, self.frozen.text_encoder, captions, device, dtype)
+
+    def forward(self, pixels, roi_mask, prompt_embeds, weights: LossWeights, stage: int = 1, **stage2) -> Dict[str, torch.Tensor]:
+        """The loss terms of one batch (:func:`slim_diffusers.training.losses.slim_losses`); ``stage2`` takes its
+        ``labels``, ``classifier``, ``classifier_preprocess``, ``lpips_model`` and ``generator``."""
+        return slim_losses(self, pixels, roi_mask, prompt_embeds, weights, stage=stage, **stage2)
+
+    def pipeline(self, copy_decompressor: bool = False):
+        """A :class:`~slim_diffusers.SLIMPipeline` of these modules (the same objects, not copies), for validation
+        and saving. ``copy_decompressor`` gives it a copy of the decompressor whose CDF tables may be rebuilt
+        without touching the one being trained (resized buffers would break DDP's buffer broadcast)."""
+        from ..pipelines.pipeline_slim import SLIMPipeline
+
+        frozen = self.frozen
+        decompressor = copy.deepcopy(self.decompressor) if copy_decompressor else self.decompressor
+        pipe = SLIMPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer,
+                            unet=frozen.unet, controlnet=self.controlnet, scheduler=frozen.scheduler,
+                            compressor=self.compressor, decompressor=decompressor)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def load_pipeline(path: str):
+    """A saved SLIM pipeline (stage 2 starts from stage 1's output), or a new SLIM from a Stable Diffusion checkpoint."""
+    from ..pipelines.pipeline_slim import SLIMPipeline
+
+    index = Path(path) / "model_index.json"
+    if index.is_file() and json.loads(index.read_text()).get("_class_name") == "SLIMPipeline":
+        return SLIMPipeline.from_pretrained(path)
+    return SLIMPipeline.from_stable_diffusion(path)
+
+
+def classifier_preprocess_fn(path: str):
+    """Differentiable resize + normalisation to what the classifier was trained on (its image processor)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        logger.warning(f"{path} has no image processor config: feeding the classifier 224² ImageNet-normalised images")
+        processor = SimpleNamespace(size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406],
+                                    image_std=[0.229, 0.224, 0.225])
+    return lambda images01: classifier_inputs(images01, processor)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def load_training_dataset(args):
+    """``(train, validation)``: the first ``--num_validation_images`` rows are held out."""
+    import datasets
+
+    if args.train_data_dir:
+        ds = datasets.load_from_disk(args.train_data_dir)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[args.dataset_split]
+    else:
+        ds = datasets.load_dataset(args.dataset_name, split=args.dataset_split)
+    missing = {"image", "label", "roi_mask", "caption"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"the dataset lacks columns {sorted(missing)}; build it with training/prepare_dataset.py")
+    n_val = min(args.num_validation_images, max(len(ds) - 1, 0))
+    return ds.select(range(n_val, len(ds))), ds.select(range(n_val))
+
+
+def _resize_crop(image: Image.Image, size: int, resample) -> Image.Image:
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def make_transform(resolution: int, no_roi: bool):
+    def transform(batch):
+        pixels, masks = [], []
+        for image, mask in zip(batch["image"], batch["roi_mask"]):
+            image = _resize_crop(image.convert("RGB"), resolution, Image.BICUBIC)
+            pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+            if no_roi:
+                masks.append(torch.ones(1, resolution, resolution))
+            else:
+                # stored 8-bit "L" PNGs (prepare_dataset.py), "F" images or arrays, all to weights in [0, 1]
+                mask = Image.fromarray(roi_mask_to_array(mask))  # float32 → mode "F"
+                mask = _resize_crop(mask, resolution, Image.BILINEAR)
+                masks.append(torch.from_numpy(np.array(mask, dtype=np.float32)).clamp(0, 1)[None])
+        return {"pixels": pixels, "roi_mask": masks, "caption": batch["caption"], "label": batch["label"]}
+
+    return transform
+
+
+def collate(examples):
+    return {
+        "pixels": torch.stack([e["pixels"] for e in examples]),
+        "roi_mask": torch.stack([e["roi_mask"] for e in examples]),
+        "caption": [e["caption"] for e in examples],
+        "label": torch.tensor([int(e["label"]) for e in examples]),
+    }
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per epoch, drawn from (seed, epoch) alone, so a resumed run sees the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_dirs(output_dir: Path) -> List[Path]:
+    return sorted(Path(output_dir).glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, output_dir: Path, global_step: int, total_limit: Optional[int] = None) -> Path:
+    """An Accelerate state at ``checkpoint-<step>``, keeping at most ``total_limit`` of them."""
+    output_dir = Path(output_dir)
+    if accelerator.is_main_process and total_limit is not None:
+        existing = checkpoint_dirs(output_dir)
+        for old in existing[: max(len(existing) - total_limit + 1, 0)]:
+            shutil.rmtree(old)
+    path = output_dir / f"checkpoint-{global_step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        from .. import __version__
+
+        (path / CHECKPOINT_MARKER).write_text(json.dumps(
+            {"checkpoint_format": CHECKPOINT_FORMAT, "slim_diffusers_version": __version__, "global_step": global_step}))
+    return path
+
+
+def resolve_checkpoint(output_dir: Path, resume_from: Optional[str]) -> Optional[Path]:
+    """The checkpoint ``--resume_from_checkpoint`` names (``latest``: the newest in ``output_dir``, ``None`` when
+    there is none), checked to be one these scripts can resume."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            return None
+        path = found[-1]
+    else:
+        path = Path(resume_from)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    marker = path / CHECKPOINT_MARKER
+    if not marker.is_file():
+        raise CheckpointVersionError(
+            f"{path} was written by slim-diffusers 0.1.0, whose training scripts saved the compressor, decompressor "
+            "and control module as three separate Accelerate models; this version trains them as one module and "
+            "cannot resume it. Resume it with slim-diffusers 0.1.0, or start a new run from the last pipeline it saved "
+            "(--pretrained_model_name_or_path <its output_dir>)"
+        )
+    found_format = json.loads(marker.read_text()).get("checkpoint_format")
+    if found_format != CHECKPOINT_FORMAT:
+        raise CheckpointVersionError(
+            f"{path} has checkpoint format {found_format}; this slim-diffusers resumes format {CHECKPOINT_FORMAT}"
+        )
+    return path
+
+
+# ------------------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def log_validation(module: SLIMTrainingModule, val_ds, accelerator, weights: LossWeights, weight_dtype, stage: int,
+                   seed: int, step: int, **stage2) -> Dict[str, float]:
+    """Loss terms and bits per pixel from real bytes on the held-out images, through a pipeline built from the
+    unwrapped modules (with its own copy of the decompressor, whose CDF tables are rebuilt for coding)."""
+    if len(val_ds) == 0 or not accelerator.is_main_process:
+        return {}
+    pipe = module.pipeline(copy_decompressor=True)
+    trained = (module.compressor, module.controlnet)
+    for m in (*trained, pipe.decompressor):
+        m.eval()
+    pipe.decompressor.update(force=True)
+    try:
+        batch = collate([val_ds[i] for i in range(len(val_ds))])
+        pixels = batch["pixels"].to(accelerator.device, weight_dtype)
+        embeds = module.encode_captions(batch["caption"], accelerator.device, weight_dtype)
+        terms = slim_losses(pipe, pixels, batch["roi_mask"].to(accelerator.device), embeds, weights, stage=stage,
+                            labels=batch["label"].to(accelerator.device), generator=torch.Generator().manual_seed(seed),
+                            **stage2)
+        images = ((batch["pixels"] + 1) / 2).clamp(0, 1)
+        bitstreams = pipe.compress(list(images), captions=batch["caption"])
+    finally:
+        for m in trained:
+            m.train()
+    metrics = {f"val/{k}": float(v) for k, v in terms.items()}
+    metrics["val/bpp"] = float(np.mean([bs.bits_per_pixel for bs in bitstreams]))
+    metrics["val/bytes"] = float(np.mean([bs.num_bytes for bs in bitstreams]))
+    accelerator.log(metrics, step=step)
+    logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ output
+def save_pipeline(module: SLIMTrainingModule, output_dir: Path, has_lora: bool) -> None:
+    """Write the trained pipeline (safetensors) with CDF tables built from the final weights."""
+    pipe = module.pipeline()
+    pipe.decompressor.update(force=True)
+    if has_lora:
+        # merged into the UNet weights: the saved pipeline loads with plain from_pretrained
+        pipe.unet.fuse_lora() if hasattr(pipe.unet, "fuse_lora") else None
+        pipe.unet.unload_lora() if hasattr(pipe.unet, "unload_lora") else None
+    for m in (pipe.compressor, pipe.decompressor, pipe.controlnet, pipe.unet):
+        m.eval()
+    pipe.save_pretrained(output_dir, safe_serialization=True)
+
+
+# ----------------------------------------------------------------------------------------------- cards
+def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
+    """``README.md`` of the output from ``hub_cards/model_card.md``. The YAML header is written by
+    ``huggingface_hub.ModelCardData``; ``base_model`` and ``datasets`` name Hub ids only (a local path is not
+    valid Hub metadata, so it is named in the text instead)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from slim_diffusers.coding.bitstream import FORMAT_VERSION
+
+    base = args.pretrained_model_name_or_path
+    dataset = args.dataset_name or args.train_data_dir
+    data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        base_model=None if Path(base).exists() else base,
+        datasets=None if args.dataset_name is None or Path(args.dataset_name).exists() else [args.dataset_name],
+        tags=["slim-diffusers", "image-compression", "coding-for-machines", "stable-diffusion", "controlnet"],
+        pipeline_tag="image-to-image",
+    )
+    template = (HUB_CARDS / "model_card.md").read_text(encoding="utf-8")
+    text = template.format(
+        metadata=data.to_yaml(),
+        repo_id=args.hub_model_id or output_dir.name,
+        base_model=base,
+        dataset=dataset,
+        stage=args.stage,
+        steps=global_step,
+        lambdas=", ".join(f"λ{k}={v}" for k, v in LossWeights(
+            args.lambda_rate, args.lambda_guide, args.lambda_diffusion, args.lambda_roi, args.lambda_task).as_dict().items()),
+        roi="off (w/o RoI ablation)" if args.no_roi else "Grad-CAM RoI masks",
+        lora=args.unet_lora_rank or "none",
+        format_version=FORMAT_VERSION,
+        metrics="\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no validation run) | |",
+    )
+    card = ModelCard(text)
+    card.save(output_dir / "README.md")
+    return card
+
+

@@ -1,0 +1,78 @@
+"""Regenerate the golden files of the bundled toy model: ``python tests/golden/update_golden.py``.
+
+Run it only when the bytes or pixels are meant to change (a retrained bundled model, a new format version)
+and say so in the commit: the golden test exists to catch every change that was not meant.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ASSETS = REPO / "slim_diffusers" / "assets"
+MODEL = ASSETS / "toy" / "slim"
+IMAGES = ASSETS / "images"
+FILES = HERE / "bundled_toy"
+RECORD = HERE / "bundled_toy.json"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pixels_sha256(image) -> str:
+    array = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return sha256(array.tobytes() + str(array.shape).encode())
+
+
+def caption_of(path: Path) -> str:
+    """The demo's caption of a bundled image: its class, from the file name."""
+    return "a " + path.stem.replace("_", " ")
+
+
+def decode_settings() -> dict:
+    decode = json.loads((ASSETS / "toy" / "demo.json").read_text())["decode"]
+    return {k: v for k, v in decode.items() if k in ("num_inference_steps", "strength", "seed")}
+
+
+def decoded(pipe, data: bytes, settings: dict, use_diffusion: bool):
+    kwargs = {k: v for k, v in settings.items() if k != "seed"}
+    generator = torch.Generator().manual_seed(settings.get("seed", 0))
+    return pipe.decompress(data, generator=generator, use_diffusion=use_diffusion, **kwargs).images[0]
+
+
+def main() -> int:
+    from PIL import Image
+
+    from slim_diffusers import SLIMPipeline
+
+    torch.set_num_threads(2)
+    pipe = SLIMPipeline.from_pretrained(str(MODEL))
+    pipe.set_progress_bar_config(disable=True)
+    settings = decode_settings()
+    FILES.mkdir(exist_ok=True)
+    record = {"model": str(MODEL.relative_to(REPO)), "decode": settings, "files": {}}
+    for path in sorted(IMAGES.glob("*.png")):
+        with Image.open(path) as image:
+            (bitstream,) = pipe.compress(image, captions=caption_of(path))
+        data = bitstream.to_bytes()
+        (FILES / f"{path.stem}.slim").write_bytes(data)
+        record["files"][path.stem] = {
+            "image": path.name,
+            "caption": caption_of(path),
+            "slim_sha256": sha256(data),
+            "pixels_sha256": pixels_sha256(decoded(pipe, data, settings, True)),
+            "pixels_without_diffusion_sha256": pixels_sha256(decoded(pipe, data, settings, False)),
+        }
+    RECORD.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{len(record['files'])} golden files -> {FILES}, {RECORD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Golden files: the bundled toy model must keep writing the same bytes and decoding them to the same pixels.
+
+Round-trip tests cannot see a change that moves encoder and decoder together (a reordered symbol, a new
+rounding): these digests can. ``tests/golden/update_golden.py`` rewrites them, on purpose only.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+_spec = importlib.util.spec_from_file_location("update_golden", GOLDEN / "update_golden.py")
+golden = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(golden)
+RECORD = json.loads(golden.RECORD.read_text())
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from slim_diffusers import SLIMPipeline
+
+    pipe = SLIMPipeline.from_pretrained(str(golden.MODEL))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("name", sorted(RECORD["files"]))
+def test_bundled_model_writes_the_golden_bytes(pipe, name):
+    entry = RECORD["files"][name]
+    with Image.open(golden.IMAGES / entry["image"]) as image:
+        (bitstream,) = pipe.compress(image, captions=entry["caption"])
+    data = bitstream.to_bytes()
+    assert golden.sha256(data) == entry["slim_sha256"], f"{name}: the .slim bytes changed"
+    assert data == (golden.FILES / f"{name}.slim").read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(RECORD["files"]))
+def test_golden_files_decode_to_the_golden_pixels(pipe, name):
+    entry = RECORD["files"][name]
+    data = (golden.FILES / f"{name}.slim").read_bytes()
+    assert golden.sha256(data) == entry["slim_sha256"]
+    settings = RECORD["decode"]
+    without = golden.decoded(pipe, data, settings, use_diffusion=False)
+    assert golden.pixels_sha256(without) == entry["pixels_without_diffusion_sha256"], f"{name}: ẑ decodes differently"
+    with_diffusion = golden.decoded(pipe, data, settings, use_diffusion=True)
+    assert golden.pixels_sha256(with_diffusion) == entry["pixels_sha256"], f"{name}: diffusion decodes differently"
