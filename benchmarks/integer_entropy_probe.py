@@ -1,7 +1,7 @@
 """Integer entropy model probe: what exact integer networks cost in rate and in decoding time.
 
 Converts the networks that give the entropy parameters (hyper synthesis ``h_s``, channel-group context,
-checkerboard context, parameter aggregation) into :mod:`slim_diffusers.integer_networks` and codes with
+checkerboard context, parameter aggregation) into :mod:`slim_diffusers.coding.integer_networks` and codes with
 them through a stand-alone copy of the coding loop (``code_item``'s order: z, then per channel group the
 checkerboard anchors and non-anchors, one rANS stream). The codec itself is not touched.
 
@@ -39,7 +39,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from slim_diffusers import SLIMCompressor, SLIMDecompressor
 from slim_diffusers.codec import compress_latents, decompress_latents, pad_latents
-from slim_diffusers.integer_networks import (
+from slim_diffusers.coding.integer_networks import (
     ExactGaussianParameters,
     IntegerConfig,
     IntegerSequential,

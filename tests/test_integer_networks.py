@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slim_diffusers import integer_networks
-from slim_diffusers.integer_networks import (
+from slim_diffusers.coding import integer_networks
+from slim_diffusers.coding.integer_networks import (
     ExactGaussianParameters,
     ExactSequential,
     IntegerConfig,
@@ -21,7 +21,7 @@ from slim_diffusers.integer_networks import (
     reconstruct,
     to_fixed_point,
 )
-from slim_diffusers.models.decompressor import scale_table
+from slim_diffusers.coding.latent_codec import scale_table
 from slim_diffusers.testing import tiny_codec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
