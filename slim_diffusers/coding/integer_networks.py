@@ -865,3 +865,20 @@ class ExactGaussianParameters(nn.Module):
         first, second = params.chunk(2, 1)
         means, scales = (first, second) if self.chunks == ("means", "scales") else (second, first)
         return self.indexes(scales), means.double()
+
+
+class ExactCheckerboardContext(ExactSequential):
+    """The checkerboard context (one stride-1 masked convolution) as an integer network.
+
+    CompressAI's checkerboard coding asks for the context of the anchors from an all-zero latent and then
+    discards it; a zero input gives the (requantized) bias everywhere, computed here from one position."""
+
+    def forward(self, x: Tensor, *, backend: str = "auto", return_integers: bool = False) -> Tensor:
+        if not x.any():
+            layer = self.layers[0]
+            if layer.transposed or layer.stride != (1, 1):
+                raise ValueError("the checkerboard context is a stride-1 convolution")
+            one = super().forward(x.new_zeros((x.shape[0], x.shape[1], 1, 1)), backend=backend,
+                                  return_integers=return_integers)
+            return one.expand(-1, -1, *x.shape[-2:]).contiguous()
+        return super().forward(x, backend=backend, return_integers=return_integers)
