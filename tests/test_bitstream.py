@@ -96,7 +96,7 @@ def test_caption_bomb_is_refused(sample):
 
 def test_bad_fields_are_refused_when_writing(sample):
     bs, _ = sample
-    for kwargs in ({"height": 0}, {"width": 1 << 20}, {"fingerprint": b"abc"}, {"version": 2}):
+    for kwargs in ({"height": 0}, {"width": 1 << 20}, {"fingerprint": b"abc"}, {"version": 3}):
         with pytest.raises(SLIMBitstreamError):
             SLIMBitstream(**{**bs.__dict__, **kwargs})
 

@@ -233,9 +233,10 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         if cached is not None and cached[0] == key:
             return cached[1]
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(json.dumps(
-            {k: v for k, v in self.config.items() if not k.startswith("_")}, sort_keys=True, default=list
-        ).encode())
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        if not config.get("exact_entropy_model"):  # float models keep the fingerprints they had before the option
+            config.pop("exact_entropy_model", None)
+        digest.update(json.dumps(config, sort_keys=True, default=list).encode())
         for name, t in tensors:
             t = t.detach().to("cpu").contiguous()
             digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
