@@ -38,7 +38,8 @@ import torch
 
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from slim_diffusers import SLIMCompressor, SLIMDecompressor
-from slim_diffusers.codec import compress_latents, decompress_latents, pad_latents
+from slim_diffusers.coding import _compressai
+from slim_diffusers.coding.latents import compress_latents, decompress_latents, pad_latents
 from slim_diffusers.coding.integer_networks import (
     ExactGaussianParameters,
     IntegerConfig,
@@ -46,7 +47,6 @@ from slim_diffusers.coding.integer_networks import (
     int8_gemm_available,
     reconstruct,
 )
-from slim_diffusers.models.decompressor import _scale_indexes
 from slim_diffusers.testing import structured_latents, tiny_codec
 
 TOY = Path(__file__).resolve().parents[1] / "slim_diffusers" / "assets" / "toy" / "slim"
@@ -80,7 +80,7 @@ class FloatNets:
     def entropy_parameters(self, k, features):
         cb = self.dec.latent_codec.latent_codec[f"y{k}"]
         scales, means = cb.latent_codec["y"]._chunk(cb.entropy_parameters(features.unsqueeze(-1)).squeeze(-1))
-        return _scale_indexes(cb.latent_codec["y"].gaussian_conditional, scales), means, scales
+        return _compressai.scale_indexes(cb.latent_codec["y"].gaussian_conditional, scales), means, scales
 
 
 def quantization_aware_networks(dec, calibration, config: IntegerConfig) -> Dict[str, IntegerSequential]:
@@ -160,7 +160,7 @@ def calibration_inputs(dec: SLIMDecompressor, items) -> Dict[str, List[torch.Ten
     try:
         with torch.no_grad():
             for y, z in items:
-                dec.code_item(y, z)
+                dec.entropy_coder(y, z)  # eval mode: codes as compress does
     finally:
         for h in handles:
             h.remove()
@@ -179,14 +179,14 @@ def code_item(dec, nets, y=None, z=None, *, encoder=None, decoder=None, sizes=No
     if decoding:
         y_size, z_size = sizes
         shape = (1, dec.config.hyper_channels, *z_size)
-        z_sym = decoder.decode_stream(eb._build_indexes(shape).reshape(-1).tolist(), *dec._cdf_lists(eb))
+        z_sym = decoder.decode_stream(eb._build_indexes(shape).reshape(-1).tolist(), *_compressai.cdf_tables(eb))
         z_sym = torch.tensor(z_sym, dtype=torch.float32).view(shape)
     else:
         y_size = tuple(y.shape[-2:])
         z_sym = torch.round(z - medians)
         if encoder is not None:
             indexes = eb._build_indexes(z.shape).reshape(-1).tolist()
-            encoder.encode_with_indexes(z_sym.int().reshape(-1).tolist(), indexes, *dec._cdf_lists(eb))
+            encoder.encode_with_indexes(z_sym.int().reshape(-1).tolist(), indexes, *_compressai.cdf_tables(eb))
     hyper = nets.hyper(z_sym, medians)
 
     groups, bits = dec.config.groups, 0.0
@@ -196,7 +196,7 @@ def code_item(dec, nets, y=None, z=None, *, encoder=None, decoder=None, sizes=No
     for k, g in enumerate(groups):
         side = hyper if k == 0 else torch.cat([nets.channel_context(k, torch.cat(y_hats, dim=1)), hyper], dim=1)
         gc = dec.latent_codec.latent_codec[f"y{k}"].latent_codec["y"].gaussian_conditional
-        cdfs = dec._cdf_lists(gc)
+        cdfs = _compressai.cdf_tables(gc)
         y_hat = torch.zeros((1, g, *y_size), dtype=nets.dtype)
         for step, mask in enumerate((anchor, ~anchor)):
             if step == 0:
@@ -260,7 +260,7 @@ def toy_model_items(n: int, start: int, seed: int = 2024):
 
 def trained_tiny_codec(steps: int, image_dir, seed: int = 0, lmbda: float = 4.0):
     """The tiny codec briefly trained on latent-like tensors made from photographs (as the rate tests do)."""
-    from slim_diffusers.codec import run_codec
+    from slim_diffusers.coding.latents import run_codec
 
     comp, dec = tiny_codec(seed)
     latents = structured_latents(batch=8, height=32, width=48, seed=seed, image_dir=image_dir)

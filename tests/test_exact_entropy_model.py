@@ -250,3 +250,21 @@ def test_convert_exact_keeps_every_other_component(exact_pipeline_dir):
             assert (exact_pipeline_dir / "exact" / component / file.name).read_bytes() == file.read_bytes()
     assert not (exact_pipeline_dir / "float" / "decompressor" / "config.json").read_text().count('"exact_entropy_model": true')
     assert '"exact_entropy_model": true' in (exact_pipeline_dir / "exact" / "decompressor" / "config.json").read_text()
+
+
+def test_training_saves_an_exact_entropy_model_calibrated_on_training_images(tmp_path):
+    """What ``train.py --exact_entropy_model`` does at save time."""
+    from slim_diffusers import SLIMPipeline
+    from slim_diffusers.testing import tiny_pipeline
+    from slim_diffusers.training.training_utils import SLIMTrainingModule, exact_decompressor, save_pipeline
+
+    module = SLIMTrainingModule.from_pipeline(tiny_pipeline())
+    gen = torch.Generator().manual_seed(0)
+    dataset = [{"pixels": torch.rand(3, 64, 64, generator=gen) * 2 - 1} for _ in range(2)]
+    trained = module.decompressor.state_dict()
+    exact = exact_decompressor(module, dataset, num_images=2)
+    assert exact.exact_entropy_model and not module.decompressor.exact_entropy_model
+    assert all(torch.equal(v, module.decompressor.state_dict()[k]) for k, v in trained.items())
+    save_pipeline(module, tmp_path, has_lora=False, decompressor=exact)
+    loaded = SLIMPipeline.from_pretrained(tmp_path, unet=None, controlnet=None)
+    assert loaded.decompressor.exact_entropy_model and loaded.decompressor.fingerprint() == exact.fingerprint()

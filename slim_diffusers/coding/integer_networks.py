@@ -45,7 +45,9 @@ Two ways to obtain an integer network from a float one (``nn.Sequential`` of ``C
 - quantization-aware fine-tuning: train the :class:`IntegerSequential` itself (a float path with fake
   quantization and straight-through gradients), then :meth:`~IntegerSequential.to_exact`.
 
-Rate and speed at several widths: ``benchmarks/integer_entropy_probe.py``.
+How the exact entropy model uses them: :mod:`slim_diffusers.coding.latent_codec`. Rate of the conversion:
+``benchmarks/exact_entropy_rate.py``; decoding time beside the float model: ``benchmarks/codec_speed.py``; rate
+and speed at several widths, and quantization-aware fine-tuning: ``benchmarks/integer_entropy_probe.py``.
 """
 
 import time
