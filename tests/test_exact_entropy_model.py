@@ -102,9 +102,11 @@ def test_y_hat_and_symbols_are_the_same_under_every_device_setting(model, reques
     }
     reference = None
     for name, (decompressor, context) in settings.items():
+        # the default-size model: both orientations with one thread, the 64×96 latent under the other settings
+        cases = list(zip(encoded, latents))[: None if model == "tiny" or reference is None else 1]
         with torch.no_grad(), context():
-            decoded = [(_decode_y_hat(decompressor, [p], latent.shape), record.pop()) for (p, _), latent in zip(encoded, latents)]
-        for (payload, y_hat_encoder), (y_hat, _) in zip(encoded, decoded):
+            decoded = [(_decode_y_hat(decompressor, [p], latent.shape), record.pop()) for (p, _), latent in cases]
+        for ((payload, y_hat_encoder), _), (y_hat, _) in zip(cases, decoded):
             assert y_hat.dtype == torch.float64
             assert torch.equal(y_hat, y_hat_encoder), f"{model}, {name}: ŷ differs from the encoder's"
         if reference is None:
