@@ -263,6 +263,13 @@ def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model:
         raise CLIError(*errors)
 
 
+def _toy_caption(class_name: str) -> str:
+    """The toy world's caption of a class ("striped star" -> "a star"); empty for anything else."""
+    from .toy_world import CLASS_NAMES, caption_for
+
+    return caption_for(CLASS_NAMES.index(class_name)) if class_name in CLASS_NAMES else ""
+
+
 def _write_png(path: Path, image) -> None:
     from .utils.file_utils import write_atomically
 
@@ -491,17 +498,17 @@ def _cmd_demo(args) -> int:
     names = classifier.model.config.id2label if classifier else {}
     print(f"model: {model.name} ({model.location})" if model.name != model.location else f"model: {model.name}")
     print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode}")
-    print(f"{'file':<22}{'size':>8}{'bytes':>7}{'bpp':>8}  {'true class':<16}{'decoded as':<16}caption")
+    print(f"{'file':<22}{'size':>8}{'bytes':>7}{'bpp':>8}  {'true class':<18}{'decoded as':<18}caption")
     total, bpps, correct, labelled = 0, [], 0, 0
     with out:
         out.create()
         for source in sources:
             with Image.open(source) as image:
                 image.load()
-            # bundled images are named after their class ("red_circle.png" -> "red circle"); the caption names it
-            # too, as the generator's captions do in the toy world (they stand in for BLIP-2)
+            # bundled images are named after their class ("striped_star.png" -> "striped star"); their caption is
+            # the toy world's: the object's kind only ("a star"), as a RoI-focused BLIP-2 caption would say it
             true = source.stem.replace("_", " ") if source in bundled else ""
-            caption = args.caption if args.caption is not None else (f"a {true}" if true else "")
+            caption = args.caption if args.caption is not None else _toy_caption(true)
             (bs,) = pipe.compress(image, captions=caption)
             size = bs.save(out.path / f"{source.stem}.slim")
             # the demo decodes what it just coded from the user's own images: no decoding limit beyond the format's
@@ -518,7 +525,7 @@ def _cmd_demo(args) -> int:
             total += size
             bpps.append(bs.bits_per_pixel)
             shown = f"{image.width}x{image.height}"
-            print(f"{source.name:<22}{shown:>8}{size:>7}{bs.bits_per_pixel:>8.4f}  {true or '-':<16}{predicted:<16}{caption!r}")
+            print(f"{source.name:<22}{shown:>8}{size:>7}{bs.bits_per_pixel:>8.4f}  {true or '-':<18}{predicted:<18}{caption!r}")
     print(f"{len(bpps)} images, {total} bytes, mean {sum(bpps) / len(bpps):.4f} bpp"
           + (f"; {correct}/{labelled} bundled images decoded as their class" if labelled else ""))
     print(f"-> {out.path}: .slim files, decoded PNGs and bit-allocation maps (*_bits.png)")

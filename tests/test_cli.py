@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import slim_diffusers
 from slim_diffusers import SLIMBitstream
 from slim_diffusers.cli import main
 from slim_diffusers.testing import tiny_pipeline
@@ -96,12 +97,13 @@ def test_the_bundled_model_by_name_decodes_with_its_own_settings(tmp_path, capsy
     from tests.golden.update_golden import pixels_sha256
 
     golden = json.loads((Path(__file__).parent / "golden" / "bundled_toy.json").read_text())
-    source = Path(__file__).parent / "golden" / "bundled_toy" / "red_circle.slim"
+    name = sorted(golden["files"])[0]
+    source = Path(__file__).parent / "golden" / "bundled_toy" / f"{name}.slim"
     assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "a")]) == 0
-    decoded = PIL.Image.open(tmp_path / "a" / "red_circle.png")
-    assert pixels_sha256(decoded) == golden["files"]["red_circle"]["pixels_sha256"]
+    decoded = PIL.Image.open(tmp_path / "a" / f"{name}.png")
+    assert pixels_sha256(decoded) == golden["files"][name]["pixels_sha256"]
     assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "b"), "--steps", "2"]) == 0
-    assert pixels_sha256(PIL.Image.open(tmp_path / "b" / "red_circle.png")) != pixels_sha256(decoded)
+    assert pixels_sha256(PIL.Image.open(tmp_path / "b" / f"{name}.png")) != pixels_sha256(decoded)
 
 
 def test_decode_settings_come_from_the_command_line_then_the_model(tmp_path):
@@ -193,13 +195,15 @@ def test_demo_runs_the_bundled_toy_model_offline(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     assert main(["demo", str(extra), "-o", str(out_dir)]) == 0
     out = capsys.readouterr().out
-    assert "red_circle.png" in out and "mine.png" in out
-    assert len(list(out_dir.glob("*.slim"))) == 11 and len(list(out_dir.glob("*_bits.png"))) == 11
+    bundled = sorted((Path(slim_diffusers.__file__).parent / "assets" / "images").glob("*.png"))
+    assert bundled and all(path.name in out for path in bundled) and "mine.png" in out
+    n = len(bundled) + 1
+    assert len(list(out_dir.glob("*.slim"))) == n and len(list(out_dir.glob("*_bits.png"))) == n
     assert PIL.Image.open(out_dir / "mine.png").size == (56, 40)
     for path in out_dir.glob("*.slim"):  # the table's bytes and bpp are the files'
         bs = SLIMBitstream.load(path)
         row = next(line for line in out.splitlines() if line.startswith(path.stem + ".png"))
         assert f" {path.stat().st_size} " in row and f"{bs.bits_per_pixel:.4f}" in row
-    # a trained model: the classifier reads the decoded bundled images as their class (random weights: ~1 in 10)
+    # a trained model: the classifier reads most decoded bundled images as their class (random weights: ~1 in 20)
     correct, total = map(int, re.search(r"(\d+)/(\d+) bundled images decoded as their class", out).groups())
-    assert total == 10 and correct >= 8
+    assert total == len(bundled) and correct >= total // 2

@@ -31,8 +31,10 @@ def pixels_sha256(image) -> str:
 
 
 def caption_of(path: Path) -> str:
-    """The demo's caption of a bundled image: its class, from the file name."""
-    return "a " + path.stem.replace("_", " ")
+    """The demo's caption of a bundled image: the toy world's caption of its class (the kind only)."""
+    from slim_diffusers.toy_world import CLASS_NAMES, caption_for
+
+    return caption_for(CLASS_NAMES.index(path.stem.replace("_", " ")))
 
 
 def decode_settings() -> dict:
