@@ -241,7 +241,18 @@ def _decode_settings(args, model: _Model) -> dict:
 
 
 def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model: _Model) -> None:
+    from .coding.bitstream import check_entropy_model
+    from .errors import SLIMModelMismatchError
+
     expected = pipe.decompressor.fingerprint()
+    kinds = []
+    for f, bs in zip(files, bitstreams):
+        try:
+            check_entropy_model(bs, pipe.decompressor.exact_entropy_model, name=f"{f}")
+        except SLIMModelMismatchError as err:
+            kinds.append(f"SLIMModelMismatchError: {err}")
+    if kinds:
+        raise CLIError(*kinds)
     errors = [
         f"SLIMModelMismatchError: {f}: written by model {bs.fingerprint.hex()}, but --model {model.name} is model "
         f"{expected.hex()}; decode it with the model that wrote it"
@@ -281,7 +292,7 @@ def _cmd_info(args) -> int:
             errors.extend(err.messages)
             continue
         print(f"{path}")
-        print(f"  format version   {bs.version}")
+        print(f"  format version   {bs.version} ({bs.entropy_model})")
         print(f"  image size       {bs.width}×{bs.height}")
         print(f"  model            {bs.fingerprint.hex()}")
         print(f"  caption          {bs.caption!r} ({len(compress_caption(bs.caption))} bytes compressed)")
@@ -290,6 +301,38 @@ def _cmd_info(args) -> int:
         print(f"  bits per pixel   {bs.bits_per_pixel:.4f}")
     if errors:
         raise CLIError(*errors)
+    return 0
+
+
+def _cmd_convert_exact(args) -> int:
+    model = _resolve_model(args.model)
+    if not Path(model.location).is_dir():
+        raise CLIError(f"{args.model}: convert-exact converts a model folder on this machine; download it first")
+    if (args.output_dir is None) != args.in_place:
+        raise CLIError("give OUT_DIR, or --in-place to convert the model folder itself")
+    if (args.calibration_images is None) == (args.toy_world is None):
+        raise CLIError("give exactly one of --calibration-images and --toy-world")
+    if args.output_dir is not None:
+        out = Path(args.output_dir)
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
+            raise CLIError(f"{out}: exists and is not an empty folder; pass --force to write into it")
+    if args.calibration_images is not None:
+        from .training.convert_exact import calibration_image_files
+
+        try:
+            files = calibration_image_files(args.calibration_images, args.num_calibration_images)
+        except (FileNotFoundError, ValueError) as err:
+            raise CLIError(str(err)) from None
+        _check_each([str(f) for f in files], _check_image)
+
+    from .training.convert_exact import convert_pipeline_folder, load_calibration_images
+
+    _quiet_loading()
+    images = load_calibration_images(args)
+    exact = convert_pipeline_folder(model.location, None if args.in_place else args.output_dir, images, force=args.force)
+    where = Path(model.location if args.in_place else args.output_dir)
+    print(f"{where}: exact integer entropy model {exact.fingerprint().hex()} (calibrated on {len(images)} images); "
+          "its files are .slim version 2")
     return 0
 
 
@@ -537,6 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="print the header and bits per pixel of .slim files")
     p.add_argument("files", nargs="+", help=".slim files")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert-exact", parents=[common],
+                       help="convert a model's entropy model into an exact integer one (bit-identical decoding "
+                       "on every device; writes .slim version 2)")
+    p.add_argument("model", help=f"a folder written by SLIMPipeline.save_pretrained, or `{BUNDLED_MODEL}`")
+    p.add_argument("output_dir", nargs="?", default=None, help="folder for the converted copy of the model")
+    p.add_argument("--in-place", dest="in_place", action="store_true", help="replace the model's decompressor instead")
+    p.add_argument("--calibration-images", dest="calibration_images", nargs="+", default=None,
+                   help="image files or folders of representative images to calibrate on")
+    p.add_argument("--num-calibration-images", dest="num_calibration_images", type=_positive_int, default=64,
+                   help="use at most this many calibration images (default: 64)")
+    p.add_argument("--toy-world", dest="toy_world", type=_positive_int, default=None, metavar="N",
+                   help="calibrate on N seeded toy-world images instead (for toy models)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.set_defaults(func=_cmd_convert_exact)
 
     p = sub.add_parser("compress", parents=[common], help="compress images into .slim files")
     p.add_argument("images", nargs="+", help="image files (any mode and size Pillow reads)")

@@ -42,6 +42,23 @@ def tiny_codec(seed: int = 0) -> Tuple[SLIMCompressor, SLIMDecompressor]:
     return compressor, decompressor
 
 
+def exact_codec(
+    compressor: SLIMCompressor, decompressor: SLIMDecompressor, height: int = 16, width: int = 24, num_latents: int = 4
+) -> SLIMDecompressor:
+    """The exact-entropy-model copy of ``decompressor`` (post-training conversion), calibrated on seeded
+    latent-like tensors of ``height × width`` (:func:`structured_latents`, seeds 1000…)."""
+    from .coding.latents import convert_to_exact_entropy_model
+
+    latents = [structured_latents(1, height, width, seed=1000 + i) for i in range(num_latents)]
+    return convert_to_exact_entropy_model(compressor, decompressor, latents)
+
+
+def tiny_exact_codec(seed: int = 0) -> Tuple[SLIMCompressor, SLIMDecompressor]:
+    """:func:`tiny_codec` with its entropy model converted to an exact integer one (:func:`exact_codec`)."""
+    compressor, decompressor = tiny_codec(seed)
+    return compressor, exact_codec(compressor, decompressor)
+
+
 def tiny_tokenizer(model_max_length: int = 16):
     """A CLIP tokenizer built in code: byte-level characters, no merges (every character a token)."""
     from transformers import CLIPTokenizer

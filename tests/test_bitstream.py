@@ -96,7 +96,7 @@ def test_caption_bomb_is_refused(sample):
 
 def test_bad_fields_are_refused_when_writing(sample):
     bs, _ = sample
-    for kwargs in ({"height": 0}, {"width": 1 << 20}, {"fingerprint": b"abc"}, {"version": 2}):
+    for kwargs in ({"height": 0}, {"width": 1 << 20}, {"fingerprint": b"abc"}, {"version": 3}):
         with pytest.raises(SLIMBitstreamError):
             SLIMBitstream(**{**bs.__dict__, **kwargs})
 
@@ -167,3 +167,48 @@ def test_corrupt_payloads_behind_a_valid_crc_decode_cleanly():
     that a crash or a hang fails this test instead of the suite."""
     result = subprocess.run([sys.executable, "-c", FUZZ_PAYLOADS], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------- version 2
+def test_version_2_has_a_flags_byte_and_round_trips(sample):
+    bs, _ = sample
+    exact = SLIMBitstream(**{**bs.__dict__, "exact_entropy_model": True, "version": None})
+    data = exact.to_bytes()
+    assert (exact.version, data[4], data[5]) == (2, 2, 0x01)
+    assert len(data) == len(bs.to_bytes()) + 1
+    assert data[6:-4] == bs.to_bytes()[5:-4]  # the rest of the layout is version 1's
+    parsed = SLIMBitstream.from_bytes(data)
+    assert parsed == exact and parsed.exact_entropy_model and parsed.entropy_model == "exact integer entropy model"
+    # version 2 with no flag set: a float model's file (what later flags build on)
+    plain = SLIMBitstream(**{**bs.__dict__, "version": 2})
+    assert SLIMBitstream.from_bytes(plain.to_bytes()) == plain and not plain.exact_entropy_model
+    # version 1 bytes are unchanged and cannot carry the flag
+    assert bs.version == 1 and bs.to_bytes()[4] == 1
+    with pytest.raises(SLIMBitstreamError, match="version 1 cannot mark"):
+        SLIMBitstream(**{**bs.__dict__, "exact_entropy_model": True, "version": 1})
+
+
+def test_version_2_reserved_and_unknown_flags_are_refused(sample):
+    bs, _ = sample
+    body = bytearray(SLIMBitstream(**{**bs.__dict__, "exact_entropy_model": True, "version": None}).to_bytes()[:-4])
+    for flags, message in ((0x03, "variable rate"), (0x02, "variable rate"), (0x05, "unsupported .slim flags"),
+                           (0x80, "unsupported .slim flags")):
+        body[5] = flags
+        with pytest.raises(SLIMBitstreamError, match=message):
+            SLIMBitstream.from_bytes(with_crc(bytes(body)))
+    with pytest.raises(SLIMBitstreamError, match="before the flags"):
+        SLIMBitstream.from_bytes(with_crc(b"SLIM\x02"))
+
+
+def test_version_2_pixel_limit_is_checked_from_the_header(sample):
+    from slim_diffusers.coding.bitstream import check_decode_limit, write_uvarint
+    from slim_diffusers.errors import SLIMDecodeLimitError
+
+    bs, _ = sample
+    body = bytearray(b"SLIM\x02\x01")
+    write_uvarint(16384, body)
+    write_uvarint(16384, body)
+    body += bs.fingerprint + b"\x00\x08" + bytes(8)
+    claimed = SLIMBitstream.from_bytes(with_crc(bytes(body)))
+    with pytest.raises(SLIMDecodeLimitError):
+        check_decode_limit(claimed)

@@ -1,11 +1,17 @@
 """The ``.slim`` file format: one compressed image for a machine.
 
-Byte layout (format version 1; integers little-endian, ``uvarint`` = unsigned LEB128, at most 5 bytes)::
+Byte layout (integers little-endian, ``uvarint`` = unsigned LEB128, at most 5 bytes)::
 
     offset  size      field
     0       4         magic, the ASCII bytes ``SLIM``
-    4       1         format version (1)
-    5       uvarint   image height in pixels (1 … 16384)
+    4       1         format version: 1 (floating-point entropy model) or 2 (exact entropy model)
+    5       1         version 2 only: flags
+                        bit 0  the payload needs an exact (integer) entropy model
+                               (``SLIMDecompressor(exact_entropy_model=True)``)
+                        bit 1  reserved: variable rate, a rate field follows the flags (not written yet;
+                               files with it are refused)
+                        bits 2–7 reserved, zero
+            uvarint   image height in pixels (1 … 16384)
             uvarint   image width in pixels (1 … 16384)
             4         model fingerprint: first 4 bytes of the BLAKE2b digest of the decompressor's weights
                       and CDF tables (:meth:`SLIMDecompressor.fingerprint`)
@@ -16,8 +22,13 @@ Byte layout (format version 1; integers little-endian, ``uvarint`` = unsigned LE
             n         payload: one rANS stream of the latent (:mod:`slim_diffusers.coding.latents`)
             4         CRC-32 (``zlib.crc32``) of every byte before it
 
-An empty caption costs one byte (its zero length). The header adds 15–17 bytes to the payload and
-caption; bits per pixel counts all of them.
+An empty caption costs one byte (its zero length). The header adds 15–17 bytes (version 2: 16–18) to the
+payload and caption; bits per pixel counts all of them.
+
+Version 1 files are written by floating-point entropy models and decode only with one (their entropy
+parameters are float network outputs: exact only when both ends compute them on the same kind of device);
+version 2 files with flag bit 0 are written by exact entropy models and decode only with one, to the same
+``ŷ`` on every device. A decoder refuses the other kind with :class:`~slim_diffusers.SLIMModelMismatchError`.
 
 Every malformed input raises :class:`SLIMBitstreamError` before any memory is sized from a header field:
 lengths are checked against the bytes actually present and against the limits above.
@@ -33,12 +44,16 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional, Tuple, Type, Union
 
-from ..errors import SLIMBitstreamError, SLIMDecodeLimitError
+from ..errors import SLIMBitstreamError, SLIMDecodeLimitError, SLIMModelMismatchError
 from ..utils.file_utils import write_atomically
 
 MAGIC = b"SLIM"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # the newest; files of floating-point entropy models are still written as version 1
+SUPPORTED_VERSIONS = (1, 2)
+# version 2 flags
+FLAG_EXACT_ENTROPY_MODEL = 0x01
+FLAG_VARIABLE_RATE = 0x02  # reserved: a rate field follows the flags
+KNOWN_FLAGS = FLAG_EXACT_ENTROPY_MODEL
 MAX_SIDE = 16384
 MAX_CAPTION_BYTES = 1024
 FINGERPRINT_BYTES = 4
@@ -56,6 +71,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "SLIMBitstreamError",
     "check_decode_limit",
+    "check_entropy_model",
     "compress_caption",
     "decompress_caption",
 ]
@@ -132,6 +148,25 @@ def check_decode_limit(bitstream: "SLIMBitstream", max_pixels: Optional[int] = N
         )
 
 
+def entropy_model_name(exact: bool) -> str:
+    return "exact integer entropy model" if exact else "floating-point entropy model"
+
+
+def check_entropy_model(bitstream: "SLIMBitstream", exact_entropy_model: bool, name: str = "the .slim file") -> None:
+    """Raise :class:`SLIMModelMismatchError` when ``bitstream`` needs the other kind of entropy model than the
+    decoder's (``exact_entropy_model``): version 2 files of exact models, version 1 files of float ones."""
+    if bitstream.exact_entropy_model == bool(exact_entropy_model):
+        return
+    needs, has = entropy_model_name(bitstream.exact_entropy_model), entropy_model_name(exact_entropy_model)
+    raise SLIMModelMismatchError(
+        f"{name} (.slim version {bitstream.version}) needs an {needs}, but this decompressor has an {has}; decode "
+        "it with the model that wrote it"
+        if bitstream.exact_entropy_model
+        else f"{name} (.slim version {bitstream.version}) needs a {needs}, but this decompressor has an {has}; "
+        "decode it with the float model that wrote it (the one this exact model was converted from)"
+    )
+
+
 @dataclass
 class SLIMBitstream:
     """One compressed image: what a ``.slim`` file holds.
@@ -141,7 +176,8 @@ class SLIMBitstream:
         fingerprint: identifies the decompressor weights that can decode ``payload``.
         caption: the RoI-focused caption (may be empty).
         payload: the entropy-coded latent.
-        version: format version.
+        exact_entropy_model: the payload was written by an exact (integer) entropy model.
+        version: format version; ``None`` picks the one the file needs (2 for an exact entropy model, else 1).
     """
 
     height: int
@@ -149,11 +185,17 @@ class SLIMBitstream:
     fingerprint: bytes
     caption: str
     payload: bytes
-    version: int = FORMAT_VERSION
+    exact_entropy_model: bool = False
+    version: Optional[int] = None
 
     def __post_init__(self):
+        self.exact_entropy_model = bool(self.exact_entropy_model)
+        if self.version is None:
+            self.version = 2 if self.exact_entropy_model else 1
         if self.version not in SUPPORTED_VERSIONS:
             raise SLIMBitstreamError(f"unsupported .slim format version {self.version}")
+        if self.version == 1 and self.exact_entropy_model:
+            raise SLIMBitstreamError(".slim version 1 cannot mark an exact entropy model; use version 2")
         for name in ("height", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
@@ -164,6 +206,16 @@ class SLIMBitstream:
             raise SLIMBitstreamError("payload must be bytes")
         self.payload = bytes(self.payload)
 
+    @property
+    def flags(self) -> int:
+        """The version 2 flags byte."""
+        return FLAG_EXACT_ENTROPY_MODEL if self.exact_entropy_model else 0
+
+    @property
+    def entropy_model(self) -> str:
+        """Which entropy model decodes the payload, in words (``slim info``)."""
+        return entropy_model_name(self.exact_entropy_model)
+
     # ------------------------------------------------------------------------------------------ bytes
     def to_bytes(self) -> bytes:
         caption = compress_caption(self.caption)
@@ -173,6 +225,8 @@ class SLIMBitstream:
             )
         out = bytearray(MAGIC)
         out.append(self.version)
+        if self.version >= 2:
+            out.append(self.flags)
         write_uvarint(self.height, out)
         write_uvarint(self.width, out)
         out += self.fingerprint
@@ -205,6 +259,21 @@ class SLIMBitstream:
             raise SLIMBitstreamError("corrupt or truncated .slim data: CRC-32 mismatch; fetch the file again")
 
         pos = len(MAGIC) + 1
+        flags = 0
+        if version >= 2:
+            if pos >= len(body):
+                raise SLIMBitstreamError("truncated .slim data: it ends before the flags")
+            flags, pos = body[pos], pos + 1
+            if flags & FLAG_VARIABLE_RATE:
+                raise SLIMBitstreamError(
+                    "this .slim file is coded at a variable rate (flag bit 1), which this slim-diffusers does not "
+                    "read; upgrade slim-diffusers"
+                )
+            if flags & ~KNOWN_FLAGS:
+                raise SLIMBitstreamError(
+                    f"unsupported .slim flags 0x{flags:02x} (this slim-diffusers knows 0x{KNOWN_FLAGS:02x}); "
+                    "upgrade slim-diffusers"
+                )
         height, pos = read_uvarint(body, pos, "height")
         width, pos = read_uvarint(body, pos, "width")
         if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
@@ -229,6 +298,7 @@ class SLIMBitstream:
             fingerprint=fingerprint,
             caption=caption,
             payload=body[pos:],
+            exact_entropy_model=bool(flags & FLAG_EXACT_ENTROPY_MODEL),
             version=version,
         )
 

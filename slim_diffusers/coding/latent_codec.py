@@ -18,10 +18,19 @@ at a few hundred bytes per image. Every tensor shape follows from the latent siz
 no shapes.
 
 Images are coded one at a time, so a batch gives exactly the bytes of the same images coded one by one.
+
+An *exact* codec (``elic(..., exact_entropy_model=True)``, or :meth:`SLIMLatentCodec.convert_to_exact` of a
+trained float one) computes the entropy parameters with integer networks
+(:mod:`slim_diffusers.coding.integer_networks`) in the same places of the same structure: ``h_s``, the channel
+context, the checkerboard context and the parameter aggregation are :class:`~.integer_networks.ExactSequential`
+modules, and each Gaussian leaf turns their fixed-point output into CDF indexes by integer comparisons
+(:class:`~.integer_networks.ExactGaussianParameters`). ``ẑ = symbol + median`` and ``ŷ = symbol + μ`` are
+then exact float64 values, so the CDF indexes, the means and ``ŷ`` are bit-identical on every device, thread
+count, batch split and memory layout; only what comes after ``ŷ`` (the latent synthesis) is floating point.
 """
 
 import contextvars
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +50,13 @@ from torch import nn
 from ..errors import SLIMBitstreamError
 from ..models.layers import conv1x1
 from . import _compressai
+from .integer_networks import (
+    ExactCheckerboardContext,
+    ExactGaussianParameters,
+    ExactSequential,
+    IntegerConfig,
+    IntegerSequential,
+)
 
 # CompressAI's default table of Gaussian scales for the conditional entropy model
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256, 64
@@ -57,7 +73,7 @@ class _Stream:
     def put(self, symbols: torch.Tensor, indexes: torch.Tensor, model: EntropyModel) -> None:
         pass
 
-    def take(self, indexes: torch.Tensor, model: EntropyModel) -> torch.Tensor:
+    def take(self, indexes: torch.Tensor, model: EntropyModel, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise RuntimeError("this stream is not being decoded")
 
     def observe(self, model: EntropyModel, values: torch.Tensor, scales=None, means=None) -> None:
@@ -91,9 +107,9 @@ class _RansReader(_Stream):
         self.decoder = RansDecoder()
         self.decoder.set_stream(payload + bytes(margin))
 
-    def take(self, indexes, model):
+    def take(self, indexes, model, dtype=torch.float32):
         symbols = self.decoder.decode_stream(indexes.reshape(-1).tolist(), *_compressai.cdf_tables(model))
-        return torch.tensor(symbols, dtype=torch.float32, device=indexes.device).view(indexes.shape)
+        return torch.tensor(symbols, dtype=dtype, device=indexes.device).view(indexes.shape)
 
 
 class _Estimator(_Stream):
@@ -103,10 +119,13 @@ class _Estimator(_Stream):
         self.likelihoods: List[torch.Tensor] = []
 
     def observe(self, model, values, scales=None, means=None):
+        # an exact codec's float64 values: estimated in the entropy model's own dtype
         if isinstance(model, GaussianConditional):
+            dtype = model.scale_table.dtype
+            values, scales, means = (t.to(dtype) for t in (values, scales, means))
             self.likelihoods.append(model(values, scales, means=means, training=False)[1])
         else:
-            self.likelihoods.append(model(values, training=False)[1])
+            self.likelihoods.append(model(values.to(model.quantiles.dtype), training=False)[1])
 
 
 # the stream of the image being coded; a context variable, so that threads coding at once do not mix
@@ -123,10 +142,19 @@ def _active_stream() -> _Stream:
 # ------------------------------------------------------------------------------------------------ modules
 class StreamGaussianConditionalLatentCodec(GaussianConditionalLatentCodec):
     """CompressAI's Gaussian-conditional latent codec whose ``compress``/``decompress`` code into the stream of
-    the image being coded (see the module docstring). Training (``forward``) is CompressAI's, unchanged."""
+    the image being coded (see the module docstring). Training (``forward``) is CompressAI's, unchanged.
+
+    ``exact_parameters`` (exact codecs): the CDF index of each fixed-point scale by integer comparisons, in
+    place of the float comparison with the scale table; the means are the network's exact fixed-point values."""
+
+    def __init__(self, *args, exact_parameters: Optional[ExactGaussianParameters] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exact_parameters = exact_parameters
 
     def _coding_params(self, ctx_params: torch.Tensor):
         scales, means = _compressai.gaussian_params(self, self.entropy_parameters(ctx_params))
+        if self.exact_parameters is not None:
+            return scales, means, self.exact_parameters.indexes(scales)
         return scales, means, _compressai.scale_indexes(self.gaussian_conditional, scales)
 
     def compress(self, y: torch.Tensor, ctx_params: torch.Tensor) -> Dict[str, Any]:
@@ -141,7 +169,7 @@ class StreamGaussianConditionalLatentCodec(GaussianConditionalLatentCodec):
     def decompress(self, strings, shape, ctx_params: torch.Tensor, **kwargs) -> Dict[str, Any]:
         stream = _active_stream()
         scales, means, indexes = self._coding_params(ctx_params)
-        y_hat = stream.take(indexes, self.gaussian_conditional) + means
+        y_hat = stream.take(indexes, self.gaussian_conditional, dtype=means.dtype) + means
         stream.observe(self.gaussian_conditional, y_hat, scales, means)
         return {"y_hat": y_hat}
 
@@ -163,6 +191,24 @@ class CheckerboardContext(CheckerboardMaskedConv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+class SLIMChannelGroupsLatentCodec(ChannelGroupsLatentCodec):
+    """CompressAI's ``ChannelGroupsLatentCodec``, decoding into a latent of the side parameters' dtype.
+
+    CompressAI's ``decompress`` allocates ``ŷ`` in the default dtype (float32) while ``compress`` uses the
+    latent's; an exact codec keeps ``ŷ`` in float64 (exact fixed point) on both ends."""
+
+    def decompress(self, strings, shape, side_params: torch.Tensor, **kwargs) -> Dict[str, Any]:
+        n = len(strings[0])
+        y_hat = side_params.new_zeros((n, sum(s[0] for s in shape), *shape[0][1:]))
+        y_hat_ = y_hat.split(self.groups, dim=1)
+        per_group = len(strings) // len(self.groups)
+        for k in range(len(self.groups)):
+            params = self._get_ctx_params(k, side_params, y_hat_)
+            group = strings[per_group * k : per_group * (k + 1)]
+            y_hat_[k][:] = self.latent_codec[f"y{k}"].decompress(group, shape[k], params)["y_hat"]
+        return {"y_hat": y_hat}
+
+
 class SLIMLatentCodec(LatentCodec):
     r"""
     Hyperprior + ELIC space-channel context model, coded as one rANS stream per image (see the module docstring).
@@ -173,7 +219,9 @@ class SLIMLatentCodec(LatentCodec):
         latent_codec: CompressAI ``ChannelGroupsLatentCodec`` of ``y`` whose groups are
             ``CheckerboardLatentCodec``\ s over :class:`StreamGaussianConditionalLatentCodec` leaves.
 
-    Build the ELIC layout with :meth:`elic`.
+    Build the ELIC layout with :meth:`elic`; an exact codec (see the module docstring) with
+    ``elic(..., exact_entropy_model=True)`` (all-zero integer networks, to load weights into) or by converting
+    a trained float codec (:meth:`convert_to_exact`).
     """
 
     # the hyper transforms resample by 4 (two stride-2 convolutions), as in ELIC
@@ -193,6 +241,7 @@ class SLIMLatentCodec(LatentCodec):
         hyper_channels: int = 192,
         groups: Sequence[int] = (16, 16, 32, 64, 192),
         channel_context_channels: Sequence[int] = (128, 96),
+        exact_entropy_model: bool = False,
     ) -> "SLIMLatentCodec":
         """The layout of CompressAI's ``Elic2022Official``: uneven channel groups, each conditioned on the earlier
         ones (``channel_context``) and coded as a checkerboard (``context_prediction``), with pointwise
@@ -220,13 +269,21 @@ class SLIMLatentCodec(LatentCodec):
             )
             for k in range(1, len(groups))
         }
+        def leaf():
+            gaussian_conditional = GaussianConditional(None)
+            exact_parameters = None
+            if exact_entropy_model:
+                exact_parameters = ExactGaussianParameters(
+                    scale_table(), gaussian_conditional.lower_bound_scale.bound, chunks=("means", "scales")
+                )
+            return StreamGaussianConditionalLatentCodec(
+                gaussian_conditional=gaussian_conditional, quantizer="ste", chunks=("means", "scales"),
+                exact_parameters=exact_parameters,
+            )
+
         checkerboards = {
             f"y{k}": CheckerboardLatentCodec(
-                latent_codec={
-                    "y": StreamGaussianConditionalLatentCodec(
-                        gaussian_conditional=GaussianConditional(None), quantizer="ste", chunks=("means", "scales")
-                    )
-                },
+                latent_codec={"y": leaf()},
                 context_prediction=CheckerboardContext(g, g * 2, kernel_size=5, stride=1, padding=2),
                 entropy_parameters=nn.Sequential(
                     conv1x1(g * 2 + (k > 0) * g * 2 + M * 2, M),
@@ -238,7 +295,87 @@ class SLIMLatentCodec(LatentCodec):
             )
             for k, g in enumerate(groups)
         }
-        return cls(hyper_codec, ChannelGroupsLatentCodec(groups=groups, channel_context=channel_context, latent_codec=checkerboards))
+        codec = cls(
+            hyper_codec, SLIMChannelGroupsLatentCodec(groups=groups, channel_context=channel_context, latent_codec=checkerboards)
+        )
+        if exact_entropy_model:
+            for path, network in codec.entropy_networks().items():
+                kind = ExactCheckerboardContext if path.endswith("context_prediction") else ExactSequential
+                codec._replace(path, kind.empty_like(network))
+        return codec
+
+    # ------------------------------------------------------------------------------- exact entropy model
+    def entropy_networks(self) -> Dict[str, nn.Module]:
+        """The networks that compute the entropy parameters, by their path in this codec: ``h_s``, the channel
+        contexts, the checkerboard contexts and the parameter aggregations (in coding order)."""
+        networks = {"hyper_codec.h_s": self.hyper_codec.h_s}
+        for k in range(len(self.groups)):
+            if k > 0:
+                networks[f"latent_codec.channel_context.y{k}"] = self.latent_codec.channel_context[f"y{k}"]
+            checkerboard = self.latent_codec.latent_codec[f"y{k}"]
+            networks[f"latent_codec.latent_codec.y{k}.context_prediction"] = checkerboard.context_prediction
+            networks[f"latent_codec.latent_codec.y{k}.entropy_parameters"] = checkerboard.entropy_parameters
+        return networks
+
+    def _replace(self, path: str, module: nn.Module) -> None:
+        parent, _, name = path.rpartition(".")
+        setattr(self.get_submodule(parent), name, module)
+
+    def _leaf(self, k: int) -> StreamGaussianConditionalLatentCodec:
+        return self.latent_codec.latent_codec[f"y{k}"].latent_codec["y"]
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether the entropy parameters come from integer networks (see the module docstring)."""
+        return isinstance(self.hyper_codec.h_s, ExactSequential)
+
+    @torch.no_grad()
+    def calibration_inputs(self, items: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, List[torch.Tensor]]:
+        """What each entropy network (:meth:`entropy_networks`) sees while this codec codes ``items``, pairs
+        ``(y, z)`` of the compressor's outputs for one image each."""
+        store: Dict[str, List[torch.Tensor]] = {}
+        handles = [
+            network.register_forward_pre_hook(
+                lambda module, args, path=path: store.setdefault(path, []).append(args[0].detach().clone())
+            )
+            for path, network in self.entropy_networks().items()
+        ]
+        try:
+            for y, z in items:
+                for i in range(y.shape[0]):
+                    self._code_item(_Estimator(), y[i : i + 1], z[i : i + 1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return store
+
+    @torch.no_grad()
+    def convert_to_exact(
+        self, items: Iterable[Tuple[torch.Tensor, torch.Tensor]], config: IntegerConfig = IntegerConfig()
+    ) -> Dict[str, ExactSequential]:
+        """Post-training conversion of this (float) codec's entropy networks into integer networks.
+
+        ``items``: ``(y, z)`` pairs of representative latents (the compressor's outputs); each network's input and
+        output formats are calibrated on what it sees while they are coded (:meth:`IntegerSequential.calibrate`),
+        the parameter aggregations write means and scales in the formats of the Gaussian leaves' exact heads.
+        Returns the integer networks by path (:meth:`entropy_networks`), to load into an exact codec."""
+        if self.is_exact:
+            raise ValueError("this codec's entropy model is already exact")
+        self._require_tables()
+        inputs = self.calibration_inputs(items)
+        exact = {}
+        for path, network in self.entropy_networks().items():
+            if path not in inputs:
+                raise ValueError(f"the calibration latents never reached {path}")
+            output_frac_bits = None
+            if path.endswith("entropy_parameters"):
+                k = int(path.split(".")[2][1:])
+                gc = self._leaf(k).gaussian_conditional
+                head = ExactGaussianParameters(scale_table(), gc.lower_bound_scale.bound, chunks=("means", "scales"))
+                output_frac_bits = head.output_frac_bits(2 * self.groups[k])
+            twin = IntegerSequential.from_float(network, config, output_frac_bits=output_frac_bits)
+            exact[path] = twin.calibrate(inputs[path]).to_exact()
+        return exact
 
     # ------------------------------------------------------------------------------------------ tables
     @property
@@ -289,6 +426,11 @@ class SLIMLatentCodec(LatentCodec):
     # ------------------------------------------------------------------------------------------- verbs
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> Dict[str, Any]:
         """``{"y_hat", "z_hat", "likelihoods": {"y", "z"}}``; see the module docstring for the two modes."""
+        if self.training and self.is_exact:
+            raise RuntimeError(
+                "an exact (integer) entropy model does not train: train the float model, then convert it "
+                "(SLIMDecompressor.convert_to_exact_entropy_model)"
+            )
         if self.training:
             hyper = self.hyper_codec(z)
             y_out = self.latent_codec(y, hyper["params"])
@@ -344,12 +486,16 @@ class SLIMLatentCodec(LatentCodec):
                 z_size = tuple(z.shape[-2:])
             indexes = torch.arange(eb.channels, device=device, dtype=torch.int32).view(1, -1, 1, 1)
             indexes = indexes.expand(1, -1, *z_size)
+            exact = self.is_exact
             if z is None:
-                z_hat = stream.take(indexes, eb) + medians
+                if exact:  # ẑ = symbol + median exactly: an integer plus a float32 value, in float64
+                    z_hat = stream.take(indexes, eb, dtype=torch.float64) + medians.double()
+                else:
+                    z_hat = stream.take(indexes, eb) + medians
             else:
                 symbols = torch.round(z - medians)
                 stream.put(symbols, indexes, eb)
-                z_hat = symbols + medians
+                z_hat = symbols.double() + medians.double() if exact else symbols + medians
             stream.observe(eb, z_hat)
             params = self.hyper_codec.h_s(z_hat)
 
@@ -359,7 +505,7 @@ class SLIMLatentCodec(LatentCodec):
                 placeholders = [[b""]] * (2 * len(self.groups))  # the symbols are in `stream`, not in strings
                 y_hat = self.latent_codec.decompress(placeholders, shapes, params)["y_hat"]
             else:
-                y_hat = self.latent_codec.compress(y, params)["y_hat"]
+                y_hat = self.latent_codec.compress(y.double() if exact else y, params)["y_hat"]
         finally:
             _ACTIVE_STREAM.reset(token)
         out = {"y_hat": y_hat, "z_hat": z_hat}

@@ -109,3 +109,26 @@ def estimate_bits(compressor: SLIMCompressor, decompressor: SLIMDecompressor, la
         return float(run_codec(compressor, decompressor, latents).bits())
     finally:
         compressor.train(was_training[0]), decompressor.train(was_training[1])
+
+
+@torch.no_grad()
+def convert_to_exact_entropy_model(
+    compressor: SLIMCompressor, decompressor: SLIMDecompressor, latents: Sequence[torch.Tensor], config=None
+) -> SLIMDecompressor:
+    """The exact-entropy-model copy of a trained ``decompressor`` (:meth:`SLIMDecompressor.convert_to_exact_entropy_model`),
+    calibrated on representative ``latents``: tensors ``(B, C, H, W)`` (or one batch), e.g. the VAE latents of a few
+    dozen training images. The compressor is unchanged: it works with both."""
+    check_pair(compressor, decompressor)
+    if isinstance(latents, torch.Tensor):
+        latents = [latents]
+    was_training = compressor.training
+    compressor.eval()
+    try:
+        items = []
+        for batch in latents:
+            batch = batch.to(compressor.device, compressor.dtype)
+            coded = _analyse(compressor, pad_latents(batch, decompressor.total_stride))
+            items += [(coded.y[i : i + 1], coded.z[i : i + 1]) for i in range(batch.shape[0])]
+    finally:
+        compressor.train(was_training)
+    return decompressor.convert_to_exact_entropy_model(items, config)

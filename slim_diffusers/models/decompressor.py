@@ -5,12 +5,16 @@ the link — the latent codec (:class:`~slim_diffusers.coding.latent_codec.SLIML
 prior of the hyper-latent, the hyper synthesis ``h_s``, the ELIC space-channel context model and the CDF
 tables built from them) — plus the latent synthesis ``g_s``. A sender loads it too (it needs the entropy
 model to write symbols); a receiver needs nothing from :class:`~slim_diffusers.SLIMCompressor`.
+
+With ``exact_entropy_model=True`` the entropy parameters come from integer networks, so a payload decodes to
+the same ``ŷ`` on every device (:mod:`slim_diffusers.coding.latent_codec`); such a model is obtained from a
+trained float one by :meth:`SLIMDecompressor.convert_to_exact_entropy_model`.
 """
 
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, EntropyModel
@@ -19,6 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..coding.integer_networks import IntegerConfig
 from ..coding.latent_codec import SLIMLatentCodec
 from .layers import synthesis_transform
 
@@ -51,6 +56,10 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         num_res_blocks (`int`, defaults to 1): residual bottleneck blocks after each upsampling.
         channel_context_channels (`Tuple[int, int]`, defaults to `(128, 96)`): hidden widths of the
             channel-group context networks.
+        exact_entropy_model (`bool`, defaults to `False`): the entropy parameters (``h_s``, channel and
+            checkerboard contexts, parameter aggregation) are computed by integer networks, bit-identically on
+            every device; files it writes are ``.slim`` version 2. Build one from a trained float model with
+            :meth:`convert_to_exact_entropy_model`; it does not train.
     """
 
     hyper_stride = SLIMLatentCodec.hyper_stride
@@ -66,9 +75,12 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         num_upsamples: int = 2,
         num_res_blocks: int = 1,
         channel_context_channels: Sequence[int] = (128, 96),
+        exact_entropy_model: bool = False,
     ):
         super().__init__()
-        codec = SLIMLatentCodec.elic(latent_codec_channels, hyper_channels, groups, channel_context_channels)
+        codec = SLIMLatentCodec.elic(
+            latent_codec_channels, hyper_channels, groups, channel_context_channels, exact_entropy_model=exact_entropy_model
+        )
         # The codec's modules are registered here under their own names, `hyper_codec` and `latent_codec`: those
         # names are in every saved checkpoint and in the model fingerprint of every .slim file. The codec object
         # itself is not a second registration of them (that would store every weight twice).
@@ -126,6 +138,47 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
     def is_ready_to_code(self) -> bool:
         return self.entropy_coder.is_ready_to_code
 
+    # -------------------------------------------------------------------------------- exact entropy model
+    @property
+    def exact_entropy_model(self) -> bool:
+        """Whether the entropy parameters are computed by integer networks (``.slim`` version 2 files)."""
+        return bool(self.config.get("exact_entropy_model", False))
+
+    @torch.no_grad()
+    def convert_to_exact_entropy_model(
+        self, calibration: Iterable[Tuple[torch.Tensor, torch.Tensor]], config: Optional[IntegerConfig] = None
+    ) -> "SLIMDecompressor":
+        """A copy of this trained float model whose entropy networks are integer networks (post-training
+        conversion, :meth:`SLIMLatentCodec.convert_to_exact`); ``g_s``, the hyper-latent prior and the CDF
+        tables are this model's. ``calibration``: ``(y, z)`` pairs, the compressor's outputs for representative
+        latents (:func:`slim_diffusers.coding.latents.convert_to_exact_entropy_model` takes latents). The result
+        is in eval mode, ready to code, and saves and loads like any decompressor."""
+        if self.exact_entropy_model:
+            raise ValueError("this decompressor's entropy model is already exact")
+        if not self.is_ready_to_code:
+            raise RuntimeError("the entropy model has no CDF tables yet: call `update()` before converting")
+        was_training = self.training
+        self.eval()
+        try:
+            networks = self.entropy_coder.convert_to_exact(calibration, config or IntegerConfig())
+        finally:
+            self.train(was_training)
+        options = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        exact = type(self)(**{**options, "exact_entropy_model": True}).to(self.device)
+        if self.dtype != exact.dtype:
+            exact.to(self.dtype)
+        state = self.state_dict()
+        shared = {k: v for k, v in state.items() if k in exact.state_dict()}
+        missing, _ = exact.load_state_dict(shared, strict=False)
+        for path, network in networks.items():
+            exact.entropy_coder.get_submodule(path).load_state_dict(network.state_dict())
+        converted = set(f"{path}.{name}" for path, network in networks.items() for name in network.state_dict())
+        # the leaves' exact heads are derived from the scale table when the model is built
+        left = [k for k in missing if k not in converted and ".exact_parameters." not in k]
+        if left:
+            raise RuntimeError(f"conversion left parameters of the exact model unset: {left[:5]}")
+        return exact.eval()
+
     def aux_loss(self) -> torch.Tensor:
         """CompressAI's auxiliary loss that fits the hyper-latent prior's quantiles (train it with the rest)."""
         return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
@@ -162,7 +215,9 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
 
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
         """``g_s`` one item at a time: CPU convolutions round differently at different batch sizes, and a
-        decoded image must not depend on what else was in the batch."""
+        decoded image must not depend on what else was in the batch. An exact model's float64 ``ŷ`` enters
+        ``g_s`` in its dtype (one correctly rounded conversion, the same everywhere)."""
+        y_hat = y_hat.to(self.dtype)
         return torch.cat([self.g_s(y_hat[i : i + 1]) for i in range(y_hat.shape[0])])
 
     def fingerprint(self) -> bytes:
@@ -178,13 +233,14 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         if cached is not None and cached[0] == key:
             return cached[1]
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(json.dumps(
-            {k: v for k, v in self.config.items() if not k.startswith("_")}, sort_keys=True, default=list
-        ).encode())
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        if not config.get("exact_entropy_model"):  # float models keep the fingerprints they had before the option
+            config.pop("exact_entropy_model", None)
+        digest.update(json.dumps(config, sort_keys=True, default=list).encode())
         for name, t in tensors:
             t = t.detach().to("cpu").contiguous()
             digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         value = digest.digest()[:4]
         self.__dict__["_fingerprint_cache"] = (key, value)
         return value

@@ -25,7 +25,7 @@ from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPToken
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit
+from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit, check_entropy_model
 from ..coding.latents import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
 from ..models.compressor import SLIMCompressor
@@ -400,11 +400,13 @@ class SLIMPipeline(DiffusionPipeline):
             captions = [captions] * len(images)
 
         fingerprint = self.decompressor.fingerprint()
+        exact = self.decompressor.exact_entropy_model  # exact models write version 2 files
         bitstreams = []
         for image, caption, latent in zip(images, captions, self.encode_images(images)):
             h, w = image_size(image)
             (payload,) = compress_latents(self.compressor, self.decompressor, latent.to(dtype=self.compressor.dtype))
-            bitstreams.append(SLIMBitstream(height=h, width=w, fingerprint=fingerprint, caption=caption, payload=payload))
+            bitstreams.append(SLIMBitstream(height=h, width=w, fingerprint=fingerprint, caption=caption, payload=payload,
+                                            exact_entropy_model=exact))
         self.maybe_free_model_hooks()
         return bitstreams
 
@@ -421,6 +423,7 @@ class SLIMPipeline(DiffusionPipeline):
         for i, bs in enumerate(out):
             name = f"bitstream {i}" if len(out) > 1 else "the bitstream"
             check_decode_limit(bs, max_pixels, name=name)
+            check_entropy_model(bs, self.decompressor.exact_entropy_model, name=name)
             if bs.fingerprint != expected:
                 raise SLIMModelMismatchError(
                     f"{name} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "

@@ -35,6 +35,7 @@ from .training_utils import (
     log_validation,
     make_transform,
     resolve_checkpoint,
+    exact_decompressor,
     save_checkpoint,
     save_pipeline,
     write_model_card,
@@ -83,6 +84,11 @@ def parse_args(stage: int, argv=None):
     p.add_argument("--classifier_name_or_path", default="microsoft/resnet-50", help="frozen task classifier (stage 2)")
     p.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex", "squeeze"])
     p.add_argument("--lpips_random_init", action="store_true", help="offline smoke runs: LPIPS without downloaded weights")
+    p.add_argument("--exact_entropy_model", action="store_true",
+                   help="save the pipeline with an exact (integer) entropy model: post-training conversion of the "
+                   "trained one, calibrated on training images; its files decode bit-identically on every device")
+    p.add_argument("--exact_calibration_images", type=int, default=32,
+                   help="training images to calibrate the exact entropy model on (default: 32)")
     p.add_argument("--push_to_hub", action="store_true")
     p.add_argument("--hub_model_id", default=None)
     p.add_argument("--hub_token", default=None)
@@ -224,7 +230,8 @@ def main(stage: int, argv=None) -> int:
     if accelerator.is_main_process:
         if args.validation_steps and (global_step % args.validation_steps or not metrics):
             metrics = validate(global_step) or metrics
-        save_pipeline(unwrapped, output_dir, args.unet_lora_rank > 0)
+        exact = exact_decompressor(unwrapped, train_ds, args.exact_calibration_images) if args.exact_entropy_model else None
+        save_pipeline(unwrapped, output_dir, args.unet_lora_rank > 0, decompressor=exact)
         write_model_card(args, output_dir, metrics, global_step)
         (output_dir / "training_state.json").write_text(json.dumps(
             {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics}, indent=2))

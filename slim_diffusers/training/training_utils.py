@@ -311,10 +311,33 @@ def log_validation(module: SLIMTrainingModule, val_ds, accelerator, weights: Los
 
 
 # ------------------------------------------------------------------------------------------------ output
-def save_pipeline(module: SLIMTrainingModule, output_dir: Path, has_lora: bool) -> None:
-    """Write the trained pipeline (safetensors) with CDF tables built from the final weights."""
+@torch.no_grad()
+def exact_decompressor(module: SLIMTrainingModule, dataset, num_images: int):
+    """Post-training conversion of the trained decompressor into an exact (integer) entropy model, calibrated on
+    the latents of the first ``num_images`` images of ``dataset`` (transformed, with ``pixels`` in [-1, 1]).
+    The decompressor being trained is not changed."""
+    from ..coding.latents import convert_to_exact_entropy_model
+
+    vae = module.vae
+    device = next(module.compressor.parameters()).device
+    latents = []
+    for i in range(min(num_images, len(dataset))):
+        pixels = dataset[i]["pixels"].unsqueeze(0).to(device, vae.dtype)
+        latents.append((vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor).float())
+    if not latents:
+        raise ValueError("no images to calibrate the exact entropy model on")
+    decompressor = copy.deepcopy(module.decompressor).eval()
+    decompressor.update(force=True)
+    return convert_to_exact_entropy_model(module.compressor, decompressor, latents)
+
+
+def save_pipeline(module: SLIMTrainingModule, output_dir: Path, has_lora: bool, decompressor=None) -> None:
+    """Write the trained pipeline (safetensors) with CDF tables built from the final weights; ``decompressor``
+    replaces the trained one (the exact entropy model of :func:`exact_decompressor`)."""
     pipe = module.pipeline()
     pipe.decompressor.update(force=True)
+    if decompressor is not None:
+        pipe.register_modules(decompressor=decompressor)
     if has_lora:
         # merged into the UNet weights: the saved pipeline loads with plain from_pretrained
         pipe.unet.fuse_lora() if hasattr(pipe.unet, "fuse_lora") else None
@@ -331,7 +354,6 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
     valid Hub metadata, so it is named in the text instead)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from slim_diffusers.coding.bitstream import FORMAT_VERSION
 
     base = args.pretrained_model_name_or_path
     dataset = args.dataset_name or args.train_data_dir
@@ -355,7 +377,8 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
             args.lambda_rate, args.lambda_guide, args.lambda_diffusion, args.lambda_roi, args.lambda_task).as_dict().items()),
         roi="off (w/o RoI ablation)" if args.no_roi else "Grad-CAM RoI masks",
         lora=args.unet_lora_rank or "none",
-        format_version=FORMAT_VERSION,
+        format_version="2 (exact integer entropy model)" if getattr(args, "exact_entropy_model", False)
+        else "1 (floating-point entropy model)",
         metrics="\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no validation run) | |",
     )
     card = ModelCard(text)
