@@ -49,6 +49,7 @@ def _check_image(path: str) -> Path:
     from PIL import Image, UnidentifiedImageError
 
     from .coding.bitstream import MAX_SIDE
+    from .toy_world import caption_for_class_name
 
     file = Path(path)
     if not file.exists():
@@ -261,13 +262,6 @@ def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model:
     ]
     if errors:
         raise CLIError(*errors)
-
-
-def _toy_caption(class_name: str) -> str:
-    """The toy world's caption of a class ("striped star" -> "a star"); empty for anything else."""
-    from .toy_world import CLASS_NAMES, caption_for
-
-    return caption_for(CLASS_NAMES.index(class_name)) if class_name in CLASS_NAMES else ""
 
 
 def _write_png(path: Path, image) -> None:
@@ -508,7 +502,7 @@ def _cmd_demo(args) -> int:
             # bundled images are named after their class ("striped_star.png" -> "striped star"); their caption is
             # the toy world's: the object's kind only ("a star"), as a RoI-focused BLIP-2 caption would say it
             true = source.stem.replace("_", " ") if source in bundled else ""
-            caption = args.caption if args.caption is not None else _toy_caption(true)
+            caption = args.caption if args.caption is not None else caption_for_class_name(true)
             (bs,) = pipe.compress(image, captions=caption)
             size = bs.save(out.path / f"{source.stem}.slim")
             # the demo decodes what it just coded from the user's own images: no decoding limit beyond the format's

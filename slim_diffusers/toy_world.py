@@ -83,6 +83,11 @@ def caption_for(label: int) -> str:
     return f"a {KINDS[kind_of(label)]}"
 
 
+def caption_for_class_name(name: str) -> str:
+    """The caption of a class given by name ("striped star" -> "a star"); empty for a name that is not a class."""
+    return caption_for(CLASS_NAMES.index(name)) if name in CLASS_NAMES else ""
+
+
 def _outline(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
     if kind == "circle":
         corners = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)]

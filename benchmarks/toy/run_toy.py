@@ -351,8 +351,12 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
     target = assets / "toy"
     if target.exists():
         shutil.rmtree(target)
+    from slim_diffusers.training.convert_exact import convert_pipeline_folder, toy_world_images
+
     pipe = load_pipeline(models["roi"][cfg.warm_start_rate])
     pipe.save_pretrained(target / "slim", safe_serialization=True)
+    # the bundled model decodes bit-exactly on every device: its entropy model converted to integers
+    convert_pipeline_folder(target / "slim", None, toy_world_images(32, size=IMAGE_SIZE))
     shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
     (target / "demo.json").write_text(json.dumps(
         {"lambda_r": cfg.warm_start_rate, "decode": dict(cfg.decode)}, indent=2) + "\n")
@@ -374,7 +378,7 @@ def write_asset_readme(target: Path, cfg: ToyConfig) -> None:
 
 What `slim demo` (`make demo`) runs offline. Written by `python benchmarks/toy/run_toy.py --export`.
 
-- `slim/`: a `SLIMPipeline` (safetensors) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
+- `slim/`: a `SLIMPipeline` (safetensors, with the exact integer entropy model: `.slim` version 2) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
   20 classes = 5 kinds × 4 markings, captions that name the kind only) at λr = {cfg.warm_start_rate:g}:
   compressor, decompressor and control module trained by `training/train_stage1.py` and `train_stage2.py`;
   VAE, UNet and CLIP text encoder are the toy stand-ins for Stable Diffusion 2.1 trained by

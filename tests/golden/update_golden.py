@@ -32,9 +32,9 @@ def pixels_sha256(image) -> str:
 
 def caption_of(path: Path) -> str:
     """The demo's caption of a bundled image: the toy world's caption of its class (the kind only)."""
-    from slim_diffusers.toy_world import CLASS_NAMES, caption_for
+    from slim_diffusers.toy_world import caption_for_class_name
 
-    return caption_for(CLASS_NAMES.index(path.stem.replace("_", " ")))
+    return caption_for_class_name(path.stem.replace("_", " "))
 
 
 def decode_settings() -> dict:
