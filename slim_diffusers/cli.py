@@ -49,7 +49,6 @@ def _check_image(path: str) -> Path:
     from PIL import Image, UnidentifiedImageError
 
     from .coding.bitstream import MAX_SIDE
-    from .toy_world import caption_for_class_name
 
     file = Path(path)
     if not file.exists():
@@ -482,6 +481,7 @@ def _cmd_demo(args) -> int:
 
     from .coding.bit_allocation import bitstream_bit_allocation, draw_bit_allocation
     from .coding.bitstream import MAX_SIDE
+    from .toy_world import caption_for_class_name
 
     pipe = _load_pipeline(model, sender_only=False, device=None)
     classifier = None
