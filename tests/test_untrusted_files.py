@@ -20,9 +20,10 @@ from slim_diffusers.coding.bitstream import compress_caption, write_uvarint
 from slim_diffusers.testing import tiny_pipeline
 
 
-def seal(height: int, width: int, fingerprint: bytes, caption: bytes, payload: bytes) -> bytes:
-    """A .slim file with these fields, whatever they hold, under a valid CRC (what a crafted file looks like)."""
-    body = bytearray(b"SLIM\x01")
+def seal(height: int, width: int, fingerprint: bytes, caption: bytes, payload: bytes, exact: bool = False) -> bytes:
+    """A .slim file with these fields, whatever they hold, under a valid CRC (what a crafted file looks like):
+    version 1, or version 2 with the exact-entropy-model flag."""
+    body = bytearray(b"SLIM\x02\x01" if exact else b"SLIM\x01")
     write_uvarint(height, body)
     write_uvarint(width, body)
     body += fingerprint
@@ -53,8 +54,9 @@ def test_27_byte_bombs_are_refused_at_once(model, side, error, request):
     # 27 bytes claiming a huge image: within the pixel limit the payload is too short for the symbols such an
     # image has (the coder refuses it before decoding); beyond it, the header alone is refused
     pipe = request.getfixturevalue(model)
-    header = len(seal(side, side, pipe.decompressor.fingerprint(), b"", b""))
-    data = seal(side, side, pipe.decompressor.fingerprint(), b"", bytes(27 - header))
+    exact = bool(pipe.decompressor.config.get("exact_entropy_model", False))
+    header = len(seal(side, side, pipe.decompressor.fingerprint(), b"", b"", exact))
+    data = seal(side, side, pipe.decompressor.fingerprint(), b"", bytes(27 - header), exact)
     assert len(data) == 27
     start = time.process_time()  # CPU time: what the file costs, whatever else the machine runs
     with pytest.raises(error) as info:
