@@ -19,39 +19,17 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from slim_diffusers import SLIMCompressor, SLIMControlNet, SLIMDecompressor, SLIMPipeline
+from slim_diffusers import SLIMControlNet, SLIMPipeline
 from slim_diffusers.models.controlnet import controlled_noise_prediction
-from slim_diffusers.testing import tiny_pipeline, tiny_tokenizer
+from slim_diffusers.testing import sd21_base_codec, sd21_base_components, tiny_pipeline
 
 
 def sd21_base_pipeline() -> SLIMPipeline:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
-    )
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-        use_linear_projection=True,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    )
-    tokenizer = tiny_tokenizer(model_max_length=77)  # token ids only feed the embedding; cost is the encoder's
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-        max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-    ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, prediction_type="v_prediction")
-    decompressor = SLIMDecompressor()
-    decompressor.update(force=True)
-    return SLIMPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                        controlnet=SLIMControlNet.from_unet(unet), scheduler=scheduler,
-                        compressor=SLIMCompressor(), decompressor=decompressor)
+    # v-prediction as SD 2.1 (768) uses; SD 2.1-base predicts ε. The cost is the same.
+    sd = sd21_base_components(prediction_type="v_prediction")
+    compressor, decompressor = sd21_base_codec()
+    return SLIMPipeline(**sd, controlnet=SLIMControlNet.from_unet(sd["unet"]), compressor=compressor,
+                        decompressor=decompressor)
 
 
 def sync(device):

@@ -140,6 +140,83 @@ def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
     return dict(vae=vae.eval(), unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler)
 
 
+def _scaled(channels: int, width_scale: float, multiple: int) -> int:
+    """``channels × width_scale`` rounded to a positive multiple of ``multiple`` (exact at scale 1)."""
+    if width_scale == 1:
+        return channels
+    return max(multiple, int(round(channels * width_scale / multiple)) * multiple)
+
+
+def sd21_base_components(
+    width_scale: float = 1.0, text_layers: int = 23, seed: int = 0, prediction_type: str = "epsilon"
+) -> dict:
+    """Stable Diffusion 2.1-base's architecture built from configs written here, randomly initialised (seeded): what
+    cost and memory measurements need, since they do not depend on the weights and nothing is downloaded.
+
+    At ``width_scale=1`` and ``text_layers=23`` the VAE, UNet (``block_out_channels`` 320/640/1280/1280, 5/10/20/20
+    heads of 64 channels, linear projections, cross-attention on 1024 channels) and the OpenCLIP-H text encoder
+    (1024 hidden, 16 heads, 23 layers) have SD 2.1-base's configs. A smaller ``width_scale`` narrows every block
+    (UNet and text encoder in whole 64-channel heads where the width allows, GroupNorm in 8 groups) while
+    keeping the layout — block types, depths, attention, linear projections — so that the code paths of the full
+    size run at CI size. The tokenizer is :func:`tiny_tokenizer` padded to CLIP's 77 tokens (the cost is the
+    sequence length, not the vocabulary); the scheduler is DDIM with SD's betas.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if width_scale <= 0 or width_scale > 1:
+        raise ValueError(f"width_scale must be in (0, 1], got {width_scale}")
+    groups = 32 if width_scale == 1 else 8
+
+    def unet_width(c):  # whole heads of 64 channels when the width allows
+        return _scaled(c, width_scale, 64 if c * width_scale >= 64 else 8)
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=768, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=tuple(_scaled(c, width_scale, 8) for c in (128, 256, 512, 512)),
+        norm_num_groups=groups, scaling_factor=0.18215,
+    )
+    text_hidden = 64 * max(1, int(round(16 * width_scale)))
+    widths = tuple(unet_width(c) for c in (320, 640, 1280, 1280))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=widths,
+        attention_head_dim=tuple(max(1, c // 64) for c in widths),  # diffusers' name for the number of heads here
+        cross_attention_dim=text_hidden, use_linear_projection=True, norm_num_groups=groups,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    tokenizer = tiny_tokenizer(model_max_length=77)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=text_hidden, intermediate_size=4 * text_hidden, num_hidden_layers=text_layers,
+        num_attention_heads=text_hidden // 64, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+    ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, prediction_type=prediction_type)
+    return dict(vae=vae.eval(), unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler)
+
+
+def sd21_base_codec(width_scale: float = 1.0, seed: int = 0) -> Tuple[SLIMCompressor, SLIMDecompressor]:
+    """SLIM's compressor and decompressor at their default size (``width_scale=1``), or every width scaled down as
+    :func:`sd21_base_components` does (ELIC's channel groups in proportion); the decompressor's CDF tables built."""
+    torch.manual_seed(seed)
+    if width_scale == 1:
+        compressor, decompressor = SLIMCompressor(), SLIMDecompressor()
+    else:
+        groups = tuple(max(2, int(round(g * width_scale))) for g in (16, 16, 32, 64, 192))
+        config = dict(hidden_channels=_scaled(128, width_scale, 8), latent_codec_channels=sum(groups),
+                      hyper_channels=_scaled(192, width_scale, 8))
+        compressor = SLIMCompressor(**config)
+        decompressor = SLIMDecompressor(**config, groups=groups,
+                                        channel_context_channels=(_scaled(128, width_scale, 8), _scaled(96, width_scale, 8)))
+    decompressor.update(force=True)
+    return compressor, decompressor
+
+
 def tiny_pipeline(
     seed: int = 0, prediction_type: str = "epsilon", control_scale: float = 0.02, with_roi_captioner: bool = False
 ):

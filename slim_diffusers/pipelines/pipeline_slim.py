@@ -249,6 +249,34 @@ class SLIMPipeline(DiffusionPipeline):
         finally:
             vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
 
+    # ------------------------------------------------------------------------------------- VAE slices
+    def enable_vae_slicing(self) -> None:
+        """Pass batches through the VAE one image at a time (diffusers' ``vae.enable_slicing()``). This pipeline
+        already encodes and decodes every image on its own (images of different sizes share no batch), so its
+        outputs and memory stay the same; the switch is here for code written for diffusers' pipelines, and
+        applies to batched calls of ``pipe.vae`` itself."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        """Let batched calls of ``pipe.vae`` run whole again (:meth:`enable_vae_slicing`)."""
+        self.vae.disable_slicing()
+
+    # ------------------------------------------------------------------------------- attention processors
+    def set_attn_processor(self, processor) -> None:
+        """Set the attention processor of the controlled denoiser: the UNet's and the control module's
+        (``set_attn_processor`` of each), so that both halves of every denoising step compute attention the same
+        way. ``processor`` is one processor for every layer, or a dict keyed by the UNet's ``attn_processors``
+        names; the control module, a copy of the UNet's down and mid blocks, takes the entries of the names it
+        has. The VAE keeps its own (``pipe.vae.set_attn_processor``)."""
+        self._require("unet", "controlnet", action="set_attn_processor()")
+        self.unet.set_attn_processor(dict(processor) if isinstance(processor, dict) else processor)  # diffusers pops a dict
+        if isinstance(processor, dict):
+            missing = [name for name in self.controlnet.attn_processors if name not in processor]
+            if missing:
+                raise ValueError(f"the processors dict has no entry for the control module's layers {missing[:3]}...")
+            processor = {name: processor[name] for name in self.controlnet.attn_processors}
+        self.controlnet.set_attn_processor(processor)
+
     # --------------------------------------------------------------------------------------------- inputs
     def check_inputs(
         self,

@@ -110,12 +110,15 @@ def classifier_inputs(images: Union[torch.Tensor, Sequence[torch.Tensor]], image
 
     ``images`` is a ``(B, 3, H, W)`` batch or a list of ``(3, H, W)`` images of any sizes. The image is
     resized, not centre-cropped as e.g. ResNet-50's processor does for evaluation: every pixel must be seen
-    to get a mask value, and the stage-2 task loss feeds the classifier the same way (differentiably).
+    to get a mask value, and the stage-2 task loss feeds the classifier the same way (differentiably). The result
+    is float32 whatever the images' dtype.
     """
     size = classifier_input_size(image_processor)
 
     def resize(x):
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        # in float32: the antialiased resize has no bfloat16/float16 kernel on the CPU (stage 2 decodes in bfloat16
+        # under --mixed_precision bf16); callers cast the result to their classifier's dtype
+        return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
 
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         batch = resize(images)

@@ -98,13 +98,16 @@ def slim_losses(
     """
     with torch.no_grad():
         latents = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
-    coded = run_codec(model.compressor, model.decompressor, latents)
+    # the codec trains in its own precision (float32) whatever the frozen models' precision or an enclosing autocast,
+    # as it codes: the rate sums -log2 of tens of thousands of likelihoods, which bfloat16 would round to 3 digits
+    with torch.autocast(latents.device.type, enabled=False):
+        coded = run_codec(model.compressor, model.decompressor, latents.to(model.compressor.dtype))
     latents_hat = coded.latents
-    mask_latent = resize_mask(roi_mask, latents.shape[-2:]).to(latents.dtype)
+    mask_latent = resize_mask(roi_mask, latents.shape[-2:]).to(latents_hat.dtype)
 
     terms = {
         "rate_bpp": rate_bpp(coded.likelihoods, pixels.shape[0] * pixels.shape[-2] * pixels.shape[-1]),
-        "guide_loss": guide_loss(latents, latents_hat, mask_latent),
+        "guide_loss": guide_loss(latents.to(latents_hat.dtype), latents_hat, mask_latent),
     }
 
     scheduler = model.scheduler

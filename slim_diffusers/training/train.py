@@ -58,7 +58,8 @@ def parse_args(stage: int, argv=None):
     p.add_argument("--train_batch_size", type=int, default=4)
     p.add_argument("--max_train_steps", type=int, default=100_000, help="paper: 100k per stage")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory in the control module")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory: recompute the activations of the control module and of the frozen "
+                   "UNet and VAE decoder that the gradients pass through")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--aux_learning_rate", type=float, default=1e-3, help="for the entropy bottleneck's quantiles")
     p.add_argument("--adam_beta1", type=float, default=0.9)
@@ -132,7 +133,7 @@ def main(stage: int, argv=None) -> int:
     for m in (model.compressor, model.decompressor, model.controlnet):
         m.to(accelerator.device).train().requires_grad_(True)
     if args.gradient_checkpointing:
-        model.controlnet.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing()
 
     main_params, aux_params = model.parameter_groups()
     # CompressAI fits the hyper-prior's quantiles with their own loss and rate; here they are a second

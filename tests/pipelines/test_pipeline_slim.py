@@ -326,3 +326,50 @@ def test_large_images_go_through_the_vae_in_tiles(images):
     assert run(large)[2] == 2
     with pytest.raises(ValueError, match="multiple of 32"):
         pipe.enable_vae_tiling(tile_size=100)
+
+
+# ----------------------------------------------------------------------------------- memory and attention
+def test_vae_slicing_switches_the_vae_and_keeps_the_output(pipe, images):
+    bitstreams = pipe.compress(images, captions="x")
+    reference = decode(pipe, bitstreams)
+    pipe.enable_vae_slicing()
+    try:
+        assert pipe.vae.use_slicing
+        assert pipe.compress(images, captions="x") == bitstreams
+        np.testing.assert_allclose(decode(pipe, bitstreams), reference, atol=1e-6)
+    finally:
+        pipe.disable_vae_slicing()
+    assert not pipe.vae.use_slicing
+
+
+def test_attention_processors_reach_the_unet_and_the_control_module(images):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    pipe = tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    bitstreams = pipe.compress(images, captions="x")
+    reference = decode(pipe, bitstreams)
+
+    calls = {"unet": 0, "controlnet": 0}
+
+    class Counting(AttnProcessor):
+        def __init__(self, owner):
+            super().__init__()
+            self.owner = owner
+
+        def __call__(self, attn, hidden_states, *args, **kwargs):
+            calls[self.owner] += 1
+            return super().__call__(attn, hidden_states, *args, **kwargs)
+
+    pipe.set_attn_processor(Counting("unet"))
+    assert all(isinstance(p, Counting) for p in pipe.controlnet.attn_processors.values())
+    pipe.controlnet.set_attn_processor(Counting("controlnet"))
+    np.testing.assert_allclose(decode(pipe, bitstreams), reference, atol=1e-5)  # the classic processor: same images
+    assert calls["unet"] > 0 and calls["controlnet"] > 0
+
+    by_name = {name: AttnProcessor2_0() for name in pipe.unet.attn_processors}
+    pipe.set_attn_processor(by_name)
+    assert set(pipe.controlnet.attn_processors) <= set(by_name)
+    assert all(type(p) is AttnProcessor2_0 for p in pipe.controlnet.attn_processors.values())
+    with pytest.raises(ValueError):
+        pipe.set_attn_processor({name: AttnProcessor2_0() for name in list(by_name)[:1]})
