@@ -395,7 +395,9 @@ CPU" and `benchmarks/toy/results/`.
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "toy"), help="cache of every stage")
-    parser.add_argument("--results-dir", default=str(HERE / "results"), help="where the results are written")
+    parser.add_argument("--results-dir", default=None,
+                        help="where the results are written (default: benchmarks/toy/results; with --smoke, "
+                        "WORK_DIR/results, so a smoke run never replaces the committed results)")
     parser.add_argument("--export", action="store_true", help="bundle the trained default into slim_diffusers/assets")
     parser.add_argument("--smoke", action="store_true", help="tiny step counts: checks the code path in minutes")
     args = parser.parse_args(argv)
@@ -405,7 +407,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    results_dir = Path(args.results_dir)
+    results_dir = Path(args.results_dir) if args.results_dir else (work / "results" if args.smoke else HERE / "results")
     timings: dict = {}  # job -> seconds, for the jobs this call ran
     stage_file = work / "stage_seconds.json"
     saved = json.loads(stage_file.read_text()) if stage_file.is_file() else {"jobs": {}, "stages": {}}
