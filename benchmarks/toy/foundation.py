@@ -78,7 +78,10 @@ def build_vae():
 def train_vae(out: Path, steps: int = 1000, batch: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6,
               crop: int = 48) -> Dict:
     """Reconstruction + a small KL term, as SD's VAE, on random ``crop``² crops of the toy images: the VAE is
-    convolutional, so it learns the same from a quarter of the pixels at a quarter of the cost."""
+    convolutional, so it learns the same from a quarter of the pixels at a quarter of the cost. The decoder
+    reconstructs from the posterior mean, not a sample: on toy world v2, sampling left it at 23.6 dB and 27.5%
+    top-1 of the ResNet on its reconstructions after 1000 steps, the mean at 28.0 dB and 43% (2000 steps: 24.0
+    dB / 37% against 29.5 dB / 54.5%)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     vae = build_vae().train()
@@ -92,7 +95,7 @@ def train_vae(out: Path, steps: int = 1000, batch: int = 16, lr: float = 1e-3, k
             top, left = torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=gen).tolist()
             x = x[..., top : top + crop, left : left + crop]
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        recon = vae.decode(posterior.mode()).sample
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
         loss = rec + kl_weight * posterior.kl().mean()
         opt.zero_grad()

@@ -79,7 +79,7 @@ class ToyConfig:
     num_train: int = 3000
     num_test: int = 1000
     num_bitmap_images: int = 200
-    foundation_steps: Tuple[Tuple[str, int], ...] = (("vae", 800), ("resnet", 1200), ("mobilenet", 1500), ("ldm", 2000))
+    foundation_steps: Tuple[Tuple[str, int], ...] = (("vae", 2000), ("resnet", 1200), ("mobilenet", 1500), ("ldm", 2000))
     ldm_pool: int = 8000
     eval_batch: int = 50
     bootstrap_replicates: int = 1000
