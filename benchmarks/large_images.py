@@ -21,7 +21,6 @@ thread count and the load average before and after the run: numbers taken on a b
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+
+from machine_info import load_average, machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "large_images.txt"
 MODES = ("no-diffusion", "diffusion", "codec-sd")
@@ -147,23 +148,6 @@ def run_case(size: int, mode: str, threads: int, vae_tiling: str = "auto") -> di
 
 
 # ------------------------------------------------------------------------------------------- the run
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _format(result: dict) -> str:
     if "error" in result:
         return f"{result['size']:>5}²  {result['mode']:<13} {result['error']}"
@@ -197,9 +181,9 @@ def main() -> int:
         f"$ python benchmarks/large_images.py --sizes {' '.join(map(str, args.sizes))} --modes {' '.join(args.modes)} "
         f"--threads {args.threads} --vae-tiling {args.vae_tiling}",
         f"date             {datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine          {_machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"machine          {machine()}, torch {torch.__version__}, {args.threads} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}",
-        f"load average     {_load()} (1, 5, 15 min) at the start",
+        f"load average     {load_average()} (1, 5, 15 min) at the start",
     ]
     print("\n".join(header), flush=True)
     lines = []
@@ -220,7 +204,7 @@ def main() -> int:
                 result = {"size": size, "mode": mode, "error": f"not finished after {args.timeout:.0f} s"}
             lines.append(_format(result))
             print(lines[-1], flush=True)
-    footer = f"load average     {_load()} at the end"
+    footer = f"load average     {load_average()} at the end"
     print(footer)
     if not args.no_save:
         RESULTS.parent.mkdir(exist_ok=True)

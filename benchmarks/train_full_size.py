@@ -24,7 +24,6 @@ Full size needs about 20 GiB of memory and the whole machine; ``--text-layers`` 
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from machine_info import load_average, machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_full_size.txt"
@@ -139,28 +140,6 @@ def train(stage: int, argv: list) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- parent
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            memory = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        memory = "? GiB"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {memory}, Python {platform.python_version()}"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _child(args_list: list, env: dict, timeout: float) -> dict:
     """Run this file with ``args_list`` in a fresh process; its last stdout line is its JSON result."""
     try:
@@ -235,14 +214,14 @@ def main() -> int:
     header = [
         f"$ {command}",
         f"date             {datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine          {_machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"machine          {machine(memory=True)}, torch {torch.__version__}, {args.threads} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}",
         f"model            {size}, text encoder {text_layers} of 23 layers, random weights; SLIM codec "
         f"{'default size' if width == 1 else f'width × {width:g}'}, control module from the UNet",
         f"training         {resolution}², {args.steps} optimizer steps per stage, "
         f"{'no gradient checkpointing' if args.no_gradient_checkpointing else '--gradient_checkpointing'}, "
         f"--mixed_precision {args.mixed_precision}, stage 2 with a ResNet-50-shaped classifier and LPIPS (vgg, random)",
-        f"load average     {_load()} (1, 5, 15 min) at the start",
+        f"load average     {load_average()} (1, 5, 15 min) at the start",
     ]
     print("\n".join(header), flush=True)
     lines = []
@@ -283,7 +262,7 @@ def main() -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    footer = f"load average     {_load()} at the end"
+    footer = f"load average     {load_average()} at the end"
     print(footer)
     if not args.no_save:
         RESULTS.parent.mkdir(exist_ok=True)

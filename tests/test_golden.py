@@ -4,17 +4,13 @@ Round-trip tests cannot see a change that moves encoder and decoder together (a 
 rounding): these digests can. ``tests/golden/update_golden.py`` rewrites them, on purpose only.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
-_spec = importlib.util.spec_from_file_location("update_golden", GOLDEN / "update_golden.py")
-golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(golden)
+from tests.golden import update_golden as golden
+
 RECORD = json.loads(golden.RECORD.read_text())
 
 

@@ -4,17 +4,13 @@ The version 2 files must decode to the recorded ``ŷ`` digest on every device; h
 two threads. ``tests/golden/update_golden_seeded.py`` rewrites them, on purpose only.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
-_spec = importlib.util.spec_from_file_location("update_golden_seeded", GOLDEN / "update_golden_seeded.py")
-golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(golden)
+from tests.golden import update_golden_seeded as golden
+
 RECORD = json.loads(golden.RECORD.read_text())
 
 

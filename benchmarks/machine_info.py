@@ -1,0 +1,36 @@
+"""What the benchmark scripts print about the machine they ran on (imported by them as a sibling module)."""
+
+import os
+import platform
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def total_memory() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            return f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "? GiB"
+
+
+def machine(memory: bool = False) -> str:
+    """``x86_64, 2 CPUs (model), [24 GiB, ]Python 3.11.7``."""
+    parts = [platform.machine(), f"{os.cpu_count()} CPUs ({cpu_model()})"]
+    if memory:
+        parts.append(total_memory())
+    return ", ".join(parts + [f"Python {platform.python_version()}"])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
