@@ -71,13 +71,13 @@ class _Stream:
     """Where the symbols of one image go while the codec traverses it: written, read, or only counted."""
 
     def put(self, symbols: torch.Tensor, indexes: torch.Tensor, model: EntropyModel) -> None:
-        pass
+        """Write the symbols (a stream that only counts writes nothing)."""
 
     def take(self, indexes: torch.Tensor, model: EntropyModel, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise RuntimeError("this stream is not being decoded")
 
     def observe(self, model: EntropyModel, values: torch.Tensor, scales=None, means=None) -> None:
-        pass
+        """See the values and their distribution as they are coded (only a counting stream records them)."""
 
 
 class _RansWriter(_Stream):
