@@ -9,8 +9,10 @@ cluttered, grainy background:
 - **What decides the class** is the target's outline and its markings, nothing else. Its colour is a random
   saturated hue in every image: it tells which object is the target, not which class. The markings are
   luminance patterns (every image codec subsamples chroma, so markings in chroma alone would vanish at any
-  quality) with one scale per variant, at 96²: stripes of period 6 px, spots on a 5 px grid, checks of period
-  3.5 px (±15 % per image), 16–52 grey levels darker or lighter than the target. Fine, faint detail is what a
+  quality) with one scale per variant, at 96²: stripes of period 9 px, spots on a 10 px grid, checks of period
+  10 px (5 px squares; ±15 % per image), 28–64 grey levels darker or lighter than the target. (A first version had
+  stripes of 6 px, spots on 5 px and checks of 3.5 px at 16–52 levels: the toy VAE, which every codec of the
+  latent decodes through, kept 64 %, 28 % and 10 % of them — the world was changed before any SLIM number.) Fine, faint detail is what a
   codec drops first: as the rate falls, a classifier trained on clean images first loses the variant (a
   target whose markings are gone looks plain, so about a quarter of the classes stay right while the kind is
   kept), then the outline (chance, 1/20). Coarser and stronger markings survive longer, which spreads the
@@ -43,7 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 KINDS: Tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-# no markings first, then the coarsest to the finest: roughly the order in which they survive compression
+# no markings first, then the markings; all three of one scale (9–10 px at 96²), told apart by their shape
 VARIANTS: Tuple[str, ...] = ("plain", "striped", "spotted", "checked")
 CLASSES: Tuple[Tuple[str, str], ...] = tuple((kind, variant) for kind in KINDS for variant in VARIANTS)
 CLASS_NAMES: Tuple[str, ...] = tuple(f"{variant} {kind}" for kind, variant in CLASSES)
@@ -52,9 +54,9 @@ DEFAULT_SIZE = 96
 # marking period in pixels of a 96² image (scaled with the image size); the checks' squares are half of it. "plain"
 # has one too, unused: every variant draws the same random numbers, so one rng gives the same scene whatever the
 # variant (the tests compare variants that way)
-_PERIOD = {"plain": 6.0, "striped": 6.0, "spotted": 5.0, "checked": 3.5}
+_PERIOD = {"plain": 9.0, "striped": 9.0, "spotted": 10.0, "checked": 10.0}
 _MIN_PERIOD = 2.5
-_MARKING_CONTRAST = (16.0, 52.0)  # luminance step between a target's base colour and its markings, in grey levels
+_MARKING_CONTRAST = (28.0, 64.0)  # luminance step between a target's base colour and its markings, in grey levels
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _SUPERSAMPLE = 4
 

@@ -1,8 +1,8 @@
 """The paper's claims measured on toy world v2, each with a 95 % interval and a verdict decided by a rule
 written down before the run (below), and the results files.
 
-Claims and their rules (ResNet, the classifier SLIM trained with, decides; the MobileNetV2 it never saw is
-reported beside it):
+Claims and their rules (ResNet, the classifier SLIM trained with, decides; a second ResNet of another shape that it never saw
+is reported beside it):
 
 1. **RoI-focused training** concentrates the bits on the target and lowers the rate at equal accuracy.
    Held when, at every rate point, the bits per coded position inside the target ÷ outside is larger with
@@ -255,7 +255,7 @@ def write_results(work: Path, res: Path, results: dict) -> None:
     curves = [c for c in MAIN_CURVES if c in summary]
     statistics.plot_rate_accuracy_bands(summary, classifiers, res / "rate_accuracy.png", codecs=curves,
                                         titles=dict(zip(classifiers, ["ResNet (RoI masks, task loss, evaluation)",
-                                                                      "MobileNetV2 (never seen in training)"])))
+                                                                      "ResNet-B (never seen in training)"])))
     (res / "bd_rate.md").write_text(statistics.bd_table_with_intervals(bd))
     shutil.copy(work / "eval" / "summary.json", res / "harness_summary.json")
     print(f"results in {res}", flush=True)

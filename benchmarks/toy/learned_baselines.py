@@ -84,9 +84,9 @@ class LearnedBaselineConfig:
     M: int = 96
     lambdas: Tuple[float, ...] = (0.0018, 0.0067, 0.025, 0.0932)
     base_lambda: float = 0.0932
-    base: Tuple[int, int, float] = (500, 8, 1e-3)
-    finetune: Tuple[int, int, float] = (80, 8, 5e-4)
-    task: Tuple[int, int, float] = (60, 8, 5e-4)
+    base: Tuple[int, int, float] = (400, 8, 1e-3)
+    finetune: Tuple[int, int, float] = (60, 8, 5e-4)
+    task: Tuple[int, int, float] = (50, 8, 5e-4)
     task_weight: float = 1000.0
     task_mse_weight: float = 0.1
     num_train_images: int = 2000

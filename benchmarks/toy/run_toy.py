@@ -8,7 +8,7 @@ The world (``slim_diffusers/toy_world.py``): 96² images, 20 classes = 5 kinds �
 plain distractors on a costly background, captions that name the kind only. Stages, each cached under
 ``--work-dir`` (an interrupted run resumes; training jobs also resume from their last checkpoint):
 
-1. foundation models (``foundation.py``): VAE, classifiers (ResNet: Grad-CAM, task loss, evaluation; MobileNetV2:
+1. foundation models (``foundation.py``): VAE, classifiers (ResNet: Grad-CAM, task loss, evaluation; ResNet-B:
    evaluation only) and a text-conditional latent diffusion model saved as a ``StableDiffusionPipeline``;
 2. data: SLIM's training set through ``training/prepare_dataset.py`` (Grad-CAM masks of the ResNet, the coarse
    captions), and the held-out test set;
@@ -25,6 +25,7 @@ little from a second thread and a lot from a second process).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -67,9 +68,10 @@ class ToyConfig:
 
     rate_points: Tuple[float, ...] = (0.25, 1.0, 4.0, 16.0)  # λr, one SLIM model each; the highest: lowest rate
     warm_start_rate: float = 1.0  # stage 1 trains here from scratch; the other rates fine-tune from it
-    slim_stage1_base: Tuple[int, int, float] = (900, 16, 1e-3)  # steps, batch, learning rate
-    slim_stage1_finetune: Tuple[int, int, float] = (300, 16, 5e-4)
-    slim_stage2: Tuple[int, int, float] = (150, 16, 3e-4)
+    # steps, batch, learning rate; sized so that the whole run fits 120 minutes on two cores
+    slim_stage1_base: Tuple[int, int, float] = (500, 16, 1e-3)
+    slim_stage1_finetune: Tuple[int, int, float] = (150, 16, 5e-4)
+    slim_stage2: Tuple[int, int, float] = (80, 16, 3e-4)
     lambdas: Tuple[Tuple[str, float], ...] = (
         ("lambda_guide", 1.0), ("lambda_diffusion", 1.0), ("lambda_roi", 1.0), ("lambda_task", 0.1))
     # decoding: ẑ noised halfway on an 8-step schedule, so 4 denoising steps run
@@ -79,7 +81,7 @@ class ToyConfig:
     num_train: int = 3000
     num_test: int = 1000
     num_bitmap_images: int = 200
-    foundation_steps: Tuple[Tuple[str, int], ...] = (("vae", 2000), ("resnet", 1200), ("mobilenet", 1500), ("ldm", 2000))
+    foundation_steps: Tuple[Tuple[str, int], ...] = (("vae", 2000), ("resnet", 1200), ("resnet_b", 1000), ("ldm", 1200))
     ldm_pool: int = 8000
     eval_batch: int = 50
     bootstrap_replicates: int = 1000
@@ -90,13 +92,13 @@ SMOKE = ToyConfig(
     slim_stage2=(2, 4, 3e-4), decode=(("num_inference_steps", 2), ("strength", 0.5), ("seed", 0)),
     steps_ablation=(1,), baseline_qualities=(5, 50),
     num_train=24, num_test=6, num_bitmap_images=3,
-    foundation_steps=(("vae", 2), ("resnet", 2), ("mobilenet", 2), ("ldm", 2)), ldm_pool=16, eval_batch=4,
+    foundation_steps=(("vae", 2), ("resnet", 2), ("resnet_b", 2), ("ldm", 2)), ldm_pool=16, eval_batch=4,
     bootstrap_replicates=20,
 )
-CLASSIFIERS = ("resnet", "mobilenet")
+CLASSIFIERS = ("resnet", "resnet_b")
 # which jobs belong to which stage, for the stage wall times of the runs that did the work
 STAGE_JOBS = {"foundation": "foundation/", "data": "data/", "slim": "slim/", "learned baselines": "learned/",
-              "evaluation": "evaluate"}  # stand-ins for ResNet-50 (used in training) and ConvNeXt-T (never seen; a MobileNetV2 here)
+              "evaluation": "evaluate"}  # stand-ins for ResNet-50 (used in training) and ConvNeXt-T (never seen; a ResNet of another shape here)
 _LOG_LOCK = threading.Lock()
 
 
@@ -164,10 +166,10 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
     run_chains({
         "vae+ldm": [job("vae"), Job("foundation/ldm", [sys.executable, script, "ldm", f / "sd", "--steps", steps["ldm"],
                                                           "--vae", f / "vae", "--pool", cfg.ldm_pool], f / "sd" / "toy_done.json")],
-        "classifiers": [job("resnet"), job("mobilenet")],
+        "classifiers": [job("resnet"), job("resnet_b")],
     }, work, timings)
     info = {name: json.loads((f / folder / "toy_done.json").read_text())
-            for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("mobilenet", "mobilenet"), ("ldm", "sd"))}
+            for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("resnet_b", "resnet_b"), ("ldm", "sd"))}
     check = f / "sd" / "text_to_image.json"
     if not check.is_file():
         result = foundation.text_to_image_accuracy(f / "sd", f / "resnet", per_class=8 if cfg is not SMOKE else 1,
@@ -300,6 +302,32 @@ class CaptionOnlyCodec:
         return [pipe.image_processor.postprocess(p, output_type="pil")[0] for p in pixels]
 
 
+class EncodeOnce:
+    """The ablations that decode SLIM's own files another way (w/o diffusion, k steps) reuse its bytes: each image is
+    encoded once per (model, caption), as a receiver would decode one file several ways. The bytes are those a
+    second encoding would give (the encoder is deterministic and every codec sees the same batches); only the
+    time of encoding again is saved."""
+
+    def __init__(self):
+        self.store: Dict[tuple, bytes] = {}
+
+    def share(self, codec):
+        encode_batch = codec.encode_batch
+
+        def encode_once(images, rate_point, captions):
+            captions = [codec.caption] * len(images) if codec.caption is not None else list(captions)
+            pipe = id(codec.pipelines[rate_point])
+            keys = [(pipe, c, hashlib.sha256(im.tobytes()).hexdigest()) for im, c in zip(images, captions)]
+            todo = [i for i, k in enumerate(keys) if k not in self.store]
+            if todo:
+                for i, data in zip(todo, encode_batch([images[i] for i in todo], rate_point, [captions[i] for i in todo])):
+                    self.store[keys[i]] = data
+            return [self.store[k] for k in keys]
+
+        codec.encode_batch = encode_once
+        return codec
+
+
 def evaluation_codecs(cfg: ToyConfig, models: dict, learned: dict) -> list:
     from slim_diffusers.evaluation.baselines import PillowCodec, pillow_supports
     from slim_diffusers.evaluation.codecs import SLIMCodec
@@ -308,17 +336,18 @@ def evaluation_codecs(cfg: ToyConfig, models: dict, learned: dict) -> list:
     roi = {rate_label(r): load_pipeline(p) for r, p in sorted(models["roi"].items())}
     no_roi = {rate_label(r): load_pipeline(p) for r, p in sorted(models["no_roi"].items())}
     lowest_two = {k: roi[k] for k in [rate_label(r) for r in sorted(cfg.rate_points)[-2:]]}
-    codecs = [
+    once = EncodeOnce()
+    codecs = [once.share(c) for c in (
         SLIMCodec(roi, name="SLIM", **decode),
         SLIMCodec(roi, name="SLIM w/o diffusion", use_diffusion=False),
         SLIMCodec(roi, name="SLIM empty caption", caption="", **decode),
         SLIMCodec(no_roi, name="SLIM w/o RoI", **decode),
-        CaptionOnlyCodec(roi[rate_label(cfg.warm_start_rate)], steps=int(decode["num_inference_steps"]),
-                         seed=int(decode["seed"])),
-    ]
+    )]
+    codecs.append(CaptionOnlyCodec(roi[rate_label(cfg.warm_start_rate)], steps=int(decode["num_inference_steps"]),
+                                   seed=int(decode["seed"])))
     for k in cfg.steps_ablation:  # k steps run at strength 0.5: a schedule of 2k steps
-        codecs.append(SLIMCodec(lowest_two, name=f"SLIM {k} step{'s' if k > 1 else ''}",
-                                **{**decode, "num_inference_steps": 2 * k}))
+        codecs.append(once.share(SLIMCodec(lowest_two, name=f"SLIM {k} step{'s' if k > 1 else ''}",
+                                           **{**decode, "num_inference_steps": 2 * k})))
     codecs += [PillowCodec(fmt, qualities=cfg.baseline_qualities) for fmt in ("JPEG", "WEBP", "AVIF")
                if fmt != "AVIF" or pillow_supports("AVIF")]
     return codecs + learned.codecs()
