@@ -493,7 +493,7 @@ def _cmd_demo(args) -> int:
     print(f"model: {model.name} ({model.location})" if model.name != model.location else f"model: {model.name}")
     print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode}")
     print(f"{'file':<22}{'size':>8}{'bytes':>7}{'bpp':>8}  {'true class':<18}{'decoded as':<18}caption")
-    total, bpps, correct, labelled = 0, [], 0, 0
+    total, bpps, correct, kind_correct, labelled = 0, [], 0, 0, 0
     with out:
         out.create()
         for source in sources:
@@ -516,12 +516,15 @@ def _cmd_demo(args) -> int:
             if true and classifier:
                 labelled += 1
                 correct += predicted == true
+                # the kind is what the caption names: the same caption means the same kind ("a star")
+                kind_correct += caption_for_class_name(predicted) == caption_for_class_name(true)
             total += size
             bpps.append(bs.bits_per_pixel)
             shown = f"{image.width}x{image.height}"
             print(f"{source.name:<22}{shown:>8}{size:>7}{bs.bits_per_pixel:>8.4f}  {true or '-':<18}{predicted:<18}{caption!r}")
     print(f"{len(bpps)} images, {total} bytes, mean {sum(bpps) / len(bpps):.4f} bpp"
-          + (f"; {correct}/{labelled} bundled images decoded as their class" if labelled else ""))
+          + (f"; {correct}/{labelled} bundled images decoded as their class, {kind_correct}/{labelled} as their "
+             "kind (what the caption names)" if labelled else ""))
     print(f"-> {out.path}: .slim files, decoded PNGs and bit-allocation maps (*_bits.png)")
     return 0
 

@@ -163,10 +163,16 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
         return Job(f"foundation/{name}", [sys.executable, script, name, f / name, "--steps", steps[name], *extra],
                    f / name / "toy_done.json")
 
+    # the learned baselines need only the ResNet: they train on the core the classifiers leave while the LDM trains
+    learned = Job("learned/baselines", [sys.executable, HERE / "learned_baselines.py", "--work-dir", work / "learned",
+                                        "--classifier", f / "resnet", "--image-size", IMAGE_SIZE,
+                                        "--data-seed", BASELINE_TRAIN_SEED, "--test-seed", TEST_SEED, "--num-test", 20,
+                                        "--threads", 1, *(["--tiny"] if cfg is SMOKE else [])],
+                  work / "learned" / "report.json")
     run_chains({
         "vae+ldm": [job("vae"), Job("foundation/ldm", [sys.executable, script, "ldm", f / "sd", "--steps", steps["ldm"],
                                                           "--vae", f / "vae", "--pool", cfg.ldm_pool], f / "sd" / "toy_done.json")],
-        "classifiers": [job("resnet"), job("resnet_b")],
+        "classifiers, learned baselines": [job("resnet"), job("resnet_b"), learned],
     }, work, timings)
     info = {name: json.loads((f / folder / "toy_done.json").read_text())
             for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("resnet_b", "resnet_b"), ("ldm", "sd"))}
@@ -250,7 +256,8 @@ def stage_slim(work: Path, cfg: ToyConfig, timings: dict) -> dict:
 
 def stage_learned(work: Path, cfg: ToyConfig, timings: dict, smoke: bool):
     """The learned baselines (``learned_baselines.py``): bmshj2018-hyperprior for MSE at every λ (one from scratch,
-    the others fine-tuned from it) and each fine-tuned through the classifier's cross-entropy."""
+    the others fine-tuned from it) and each fine-tuned through the classifier's cross-entropy. The foundation stage
+    trains them beside the LDM; here they are loaded (or trained, if that job's models are missing)."""
     import learned_baselines
 
     torch.set_num_threads(2)
@@ -373,7 +380,8 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, learned: dict, timi
 
 # -------------------------------------------------------------------------------------------------- export
 def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
-    """Bundle the warm-start rate point, the toy classifier and one test image per class into the package."""
+    """Bundle SLIM's highest rate point (the lowest λr: the most accurate), the toy classifier and one test image per
+    class into the package."""
     import datasets
 
     assets = REPO / "slim_diffusers" / "assets"
@@ -382,14 +390,15 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
         shutil.rmtree(target)
     from slim_diffusers.training.convert_exact import convert_pipeline_folder, toy_world_images
 
-    pipe = load_pipeline(models["roi"][cfg.warm_start_rate])
+    rate = min(cfg.rate_points)
+    pipe = load_pipeline(models["roi"][rate])
     pipe.save_pretrained(target / "slim", safe_serialization=True)
     # the bundled model decodes bit-exactly on every device: its entropy model converted to integers
     convert_pipeline_folder(target / "slim", None, toy_world_images(32, size=IMAGE_SIZE))
     shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
     (target / "demo.json").write_text(json.dumps(
-        {"lambda_r": cfg.warm_start_rate, "decode": dict(cfg.decode)}, indent=2) + "\n")
-    write_asset_readme(target, cfg)
+        {"lambda_r": rate, "decode": dict(cfg.decode)}, indent=2) + "\n")
+    write_asset_readme(target, rate)
     images = assets / "images"
     for old in images.glob("*.png"):
         old.unlink()
@@ -402,13 +411,13 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
         "now run tests/golden/update_golden.py and commit the new golden files")
 
 
-def write_asset_readme(target: Path, cfg: ToyConfig) -> None:
+def write_asset_readme(target: Path, rate: float) -> None:
     (target / "README.md").write_text(f"""# Bundled toy SLIM model
 
 What `slim demo` (`make demo`) runs offline. Written by `python benchmarks/toy/run_toy.py --export`.
 
 - `slim/`: a `SLIMPipeline` (safetensors, with the exact integer entropy model: `.slim` version 2) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
-  20 classes = 5 kinds × 4 markings, captions that name the kind only) at λr = {cfg.warm_start_rate:g}:
+  20 classes = 5 kinds × 4 markings, captions that name the kind only) at λr = {rate:g}, its highest rate:
   compressor, decompressor and control module trained by `training/train_stage1.py` and `train_stage2.py`;
   VAE, UNet and CLIP text encoder are the toy stand-ins for Stable Diffusion 2.1 trained by
   `benchmarks/toy/foundation.py`.
@@ -444,10 +453,10 @@ def main(argv=None) -> int:
     def stage(name: str, fn, *stage_args):
         """Run a stage and record, as soon as it ends, what it and its jobs took (only when it did work: a re-run
         reuses cached stages, and their times stay those of the run that made them)."""
-        t_stage = time.perf_counter()
+        t_stage, before = time.perf_counter(), set(timings)
         result = fn(*stage_args)
         saved["jobs"].update(timings)
-        if any(job.startswith(STAGE_JOBS[name]) for job in timings):
+        if any(job.startswith(STAGE_JOBS[name]) for job in set(timings) - before):
             saved["stages"][name] = round(time.perf_counter() - t_stage, 1)
         stage_file.write_text(json.dumps(saved, indent=2) + "\n")
         return result

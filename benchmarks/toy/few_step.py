@@ -1,0 +1,101 @@
+"""Few-step decoding on toy world v2: top-1 at the two lowest rates for 1, 2, 4, 10 and 20 denoising steps and three
+strengths, with 95 % intervals, through the evaluation harness (real bytes; every decoder reads the same files).
+
+    .venv/bin/python benchmarks/toy/few_step.py --work-dir outputs/toy-v2 --num-images 300
+
+Needs a finished ``run_toy.py`` work directory (its SLIM models, classifiers and test set). ``strength`` is how far
+ẑ is noised before denoising (1: from pure noise; the toy run decodes at 0.5); ``k`` steps are run, on a schedule
+of ``round(k / strength)`` steps of which the last ``k`` are kept. Rows are cached under
+``WORK_DIR/few_step`` (an interrupted run resumes); results go to ``benchmarks/toy/results/few_step.{json,md}``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run_toy  # noqa: E402
+
+from slim_diffusers.evaluation import statistics  # noqa: E402
+
+STEPS = (1, 2, 4, 10, 20)
+STRENGTHS = (0.3, 0.5, 1.0)
+
+
+def schedule_length(pipe, steps: int, strength: float) -> int:
+    """The schedule whose last ``steps`` steps run at ``strength`` (checked against the pipeline's own rule)."""
+    n = max(round(steps / strength), steps)
+    ran = len(pipe.get_timesteps(n, strength, "cpu"))
+    if ran != steps:
+        raise ValueError(f"a schedule of {n} steps at strength {strength} runs {ran} steps, not {steps}")
+    return n
+
+
+def main(argv=None) -> int:
+    import datasets
+
+    from slim_diffusers.evaluation.codecs import SLIMCodec
+    from slim_diffusers.evaluation.harness import Classifier, latest_rows
+    from slim_diffusers.evaluation.run import run_evaluation
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=run_toy.REPO / "outputs" / "toy-v2")
+    parser.add_argument("--num-images", type=int, default=300, help="the first N images of the run's test set")
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    cfg = run_toy.ToyConfig()
+    rates = sorted(cfg.rate_points)[-2:]  # the highest λr: the lowest rates
+    pipes = {run_toy.rate_label(r): run_toy.load_pipeline(args.work_dir / "slim" / f"stage2-lr{r:g}") for r in rates}
+    any_pipe = next(iter(pipes.values()))
+    once = run_toy.EncodeOnce()
+    codecs = [once.share(SLIMCodec(pipes, name=f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}", seed=0,
+                                   num_inference_steps=schedule_length(any_pipe, k, s), strength=s))
+              for s in STRENGTHS for k in STEPS]
+    classifiers = [Classifier.from_pretrained(str(args.work_dir / "foundation" / name), name=name)
+                   for name in run_toy.CLASSIFIERS]
+    ds = datasets.load_from_disk(str(args.work_dir / "data" / "test"))
+    t0 = time.perf_counter()
+    run_evaluation(args.work_dir / "few_step", ds, codecs, classifiers, caption_column="caption",
+                         num_samples=args.num_images, batch_size=cfg.eval_batch)
+    seconds = time.perf_counter() - t0
+    results = {"images": args.num_images, "steps": STEPS, "strengths": STRENGTHS, "classifiers": run_toy.CLASSIFIERS,
+               "seconds_this_call": round(seconds, 1), "date": time.strftime("%Y-%m-%d"), "accuracy": {}}
+    rows = latest_rows(args.work_dir / "few_step")
+    for codec in codecs:
+        for point in codec.rate_points:
+            mine = [r for r in rows if r["codec"] == codec.name and r["rate_point"] == point]
+            entry = {"decode_seconds_per_image": sum(r["decode_seconds"] for r in mine) / len(mine)}
+            for clf in run_toy.CLASSIFIERS:
+                hits = sum(r["top5"][clf][0] == r["label"] for r in mine)
+                low, high = statistics.accuracy_interval(hits, len(mine))
+                entry[clf] = {"top1": 100.0 * hits / len(mine), "low": low, "high": high, "images": len(mine)}
+            results["accuracy"].setdefault(point, {})[codec.name] = entry
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "few_step.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# Few-step decoding, toy world v2 ({args.num_images} test images, {results['date']})", "",
+             "Top-1 (%) with 95 % Wilson intervals; ResNet / ResNet-B; decode seconds per image (batches of "
+             f"{cfg.eval_batch}, 2 threads).", ""]
+    for point, by_codec in results["accuracy"].items():
+        lines += [f"## {point}", "", "| strength | steps | ResNet top-1 | ResNet-B top-1 | decode s/image |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        for s in STRENGTHS:
+            for k in STEPS:
+                e = by_codec[f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}"]
+                cell = lambda c: f"{e[c]['top1']:.1f} [{e[c]['low']:.1f}, {e[c]['high']:.1f}]"  # noqa: E731
+                lines.append(f"| {s:g} | {k} | {cell('resnet')} | {cell('resnet_b')} | "
+                             f"{e['decode_seconds_per_image']:.3f} |")
+        lines.append("")
+    (args.results_dir / "few_step.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
