@@ -74,7 +74,7 @@ def _toy_image(size: int):
 
     import slim_diffusers
 
-    source = Path(slim_diffusers.__file__).parent / "assets" / "images" / "red_circle.png"
+    source = Path(slim_diffusers.__file__).parent / "assets" / "images" / "striped_star.png"
     with Image.open(source) as image:
         return image.convert("RGB").resize((size, size), Image.BICUBIC)
 
@@ -124,7 +124,7 @@ def run_case(size: int, mode: str, threads: int, vae_tiling: str = "auto") -> di
             with stages.stage("entropy encode"):
                 (payload,) = compress_latents(pipe.compressor, pipe.decompressor, latent)
             # what pipe.compress(image, captions=...) returns, from the stages timed above
-            bs = SLIMBitstream(size, size, pipe.decompressor.fingerprint(), "a red circle", payload)
+            bs = SLIMBitstream(size, size, pipe.decompressor.fingerprint(), "a star", payload)
             _, z_size = pipe.decompressor.code_shapes(*latent.shape[-2:])
             out["symbols"] = pipe.decompressor.entropy_coder.num_symbols(z_size)
             with stages.stage("entropy decode"):
