@@ -108,14 +108,17 @@ def test_the_bundled_model_by_name_decodes_with_its_own_settings(tmp_path, capsy
 
 def test_decode_settings_come_from_the_command_line_then_the_model(tmp_path):
     import argparse
+    import json
 
     from slim_diffusers import cli
 
     toy, other = cli._resolve_model("toy"), cli._Model("x", "x")
     given = argparse.Namespace(steps=3, strength=None)
+    bundled = json.loads((Path(slim_diffusers.__file__).parent / "assets" / "toy" / "demo.json").read_text())["decode"]
+    assert bundled["num_inference_steps"] != 3 and bundled["strength"] != 1.0  # so that each source below shows
     assert cli._decode_settings(argparse.Namespace(steps=None, strength=None), toy) == {
-        "num_inference_steps": 10, "strength": 0.5}
-    assert cli._decode_settings(given, toy) == {"num_inference_steps": 3, "strength": 0.5}
+        "num_inference_steps": bundled["num_inference_steps"], "strength": bundled["strength"]}
+    assert cli._decode_settings(given, toy) == {"num_inference_steps": 3, "strength": bundled["strength"]}
     assert cli._decode_settings(given, other) == {"num_inference_steps": 3, "strength": 1.0}
 
 
