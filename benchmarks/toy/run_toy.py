@@ -16,7 +16,8 @@ plain distractors on a costly background, captions that name the kind only. Stag
    without (the "w/o RoI" ablation), each trained the same way: stage 1 at the middle rate from the untrained
    model, the other rates fine-tuned from it, then stage 2 at every rate;
 4. learned baselines (``learned_baselines.py``): bmshj2018-hyperprior trained for MSE, and fine-tuned with the
-   classifier's cross-entropy (standing in for learned codecs for machines);
+   classifier's cross-entropy (standing in for learned codecs for machines); they need only the ResNet, so the
+   foundation stage trains them beside the LDM, and this stage loads them;
 5. evaluation through the harness of ``slim evaluate`` (real bytes) of every codec and ablation;
 6. the claims, with 95 % intervals (``claims.py``), written to ``benchmarks/toy/results/``.
 
