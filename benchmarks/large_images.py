@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from machine_info import load_average, machine
+from machine_info import finish_results, load_average, machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "large_images.txt"
 MODES = ("no-diffusion", "diffusion", "codec-sd")
@@ -204,13 +204,7 @@ def main() -> int:
                 result = {"size": size, "mode": mode, "error": f"not finished after {args.timeout:.0f} s"}
             lines.append(_format(result))
             print(lines[-1], flush=True)
-    footer = f"load average     {load_average()} at the end"
-    print(footer)
-    if not args.no_save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        with open(RESULTS, "a", encoding="utf-8") as f:
-            f.write("\n".join(header + lines + [footer]) + "\n\n")
-        print(f"-> {RESULTS}")
+    finish_results(RESULTS, header, lines, save=not args.no_save)
     return 0
 
 

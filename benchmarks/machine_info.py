@@ -1,7 +1,10 @@
-"""What the benchmark scripts print about the machine they ran on (imported by them as a sibling module)."""
+"""What the benchmark scripts print about the machine they ran on, and how they keep their results (imported by them
+as a sibling module)."""
 
 import os
 import platform
+from pathlib import Path
+from typing import List
 
 
 def cpu_model() -> str:
@@ -34,3 +37,15 @@ def load_average() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "unknown"
+
+
+def finish_results(results: Path, header: List[str], lines: List[str], save: bool = True) -> None:
+    """Print the closing load average and, with ``save``, append header, result lines and it to ``results`` as one
+    block (a blank line between runs)."""
+    footer = f"load average     {load_average()} at the end"
+    print(footer)
+    if save:
+        results.parent.mkdir(exist_ok=True)
+        with open(results, "a", encoding="utf-8") as f:
+            f.write("\n".join(header + lines + [footer]) + "\n\n")
+        print(f"-> {results}")

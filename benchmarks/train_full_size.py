@@ -33,7 +33,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from machine_info import load_average, machine
+from machine_info import finish_results, load_average, machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_full_size.txt"
@@ -262,13 +262,7 @@ def main() -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    footer = f"load average     {load_average()} at the end"
-    print(footer)
-    if not args.no_save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        with open(RESULTS, "a", encoding="utf-8") as f:
-            f.write("\n".join(header + lines + [footer]) + "\n\n")
-        print(f"-> {RESULTS}")
+    finish_results(RESULTS, header, lines, save=not args.no_save)
     return 0 if not any(": failed" in line or "not finished" in line for line in lines) else 1
 
 
