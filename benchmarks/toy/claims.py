@@ -63,6 +63,13 @@ def _accuracy(correct: np.ndarray) -> dict:
     return {"top1": 100.0 * float(correct.mean()), "low": low, "high": high, "images": int(len(correct))}
 
 
+def accuracy_of(rows: Sequence[dict], codec: str, point: str, classifier: str, kind: bool = False) -> dict:
+    """Top-1 (or, with ``kind``, kind) accuracy of one codec at one rate point over every image it has a row for,
+    with its 95 % Wilson interval."""
+    by_image = _by_image(rows, codec, point, classifier)
+    return _accuracy(_correct(by_image, classifier, sorted(by_image), kind))
+
+
 def kind_accuracies(rows: Sequence[dict], classifiers: Sequence[str]) -> dict:
     """Per codec and rate point, how often the top prediction has the true kind (the caption's level of detail)."""
     groups: Dict[tuple, List[dict]] = {}
@@ -195,10 +202,8 @@ def measure(work: Path, cfg, models: dict, report: dict, rate_label: Callable[[f
     }
     out["caption"] = {
         "what_the_caption_adds": caption,
-        "caption_only": {c: {"top1": _accuracy(_correct(_by_image(rows, "caption only", "caption", c), c,
-                                                        sorted(_by_image(rows, "caption only", "caption", c)))),
-                             "kind": _accuracy(_correct(_by_image(rows, "caption only", "caption", c), c,
-                                                        sorted(_by_image(rows, "caption only", "caption", c)), kind=True))}
+        "caption_only": {c: {"top1": accuracy_of(rows, "caption only", "caption", c),
+                             "kind": accuracy_of(rows, "caption only", "caption", c, kind=True)}
                          for c in classifiers} if "caption only" in codecs else None,
         "chance_top1": 100.0 / len(toy_world.CLASS_NAMES),
         "chance_kind": 100.0 / len(toy_world.KINDS),
@@ -208,13 +213,9 @@ def measure(work: Path, cfg, models: dict, report: dict, rate_label: Callable[[f
     for point in lowest_two:
         for codec in step_codecs:
             k = int(codec.split()[1])
-            steps.setdefault(point, {})[k] = {c: _accuracy(_correct(_by_image(rows, codec, point, c), c,
-                                                                    sorted(_by_image(rows, codec, point, c))))
-                                              for c in classifiers}
+            steps.setdefault(point, {})[k] = {c: accuracy_of(rows, codec, point, c) for c in classifiers}
         default = int(dict(cfg.decode)["num_inference_steps"] * dict(cfg.decode)["strength"])
-        steps.setdefault(point, {})[default] = {c: _accuracy(_correct(_by_image(rows, "SLIM", point, c), c,
-                                                                      sorted(_by_image(rows, "SLIM", point, c))))
-                                                for c in classifiers}
+        steps.setdefault(point, {})[default] = {c: accuracy_of(rows, "SLIM", point, c) for c in classifiers}
     out["decoding_steps"] = steps
     return {"claims": out, "summary": summary, "kind_accuracy": kind_accuracies(rows, classifiers),
             "bd_against_jpeg": statistics.bootstrap_bd(rows, classifiers, anchor="JPEG", replicates=reps,

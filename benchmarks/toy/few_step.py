@@ -22,8 +22,6 @@ sys.path.insert(0, str(HERE))
 
 import run_toy  # noqa: E402
 
-from slim_diffusers.evaluation import statistics  # noqa: E402
-
 STEPS = (1, 2, 4, 10, 20)
 STRENGTHS = (0.3, 0.5, 1.0)
 
@@ -55,27 +53,26 @@ def main(argv=None) -> int:
     pipes = {run_toy.rate_label(r): run_toy.load_pipeline(args.work_dir / "slim" / f"stage2-lr{r:g}") for r in rates}
     any_pipe = next(iter(pipes.values()))
     once = run_toy.EncodeOnce()
-    codecs = [once.share(SLIMCodec(pipes, name=f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}", seed=0,
-                                   num_inference_steps=schedule_length(any_pipe, k, s), strength=s))
-              for s in STRENGTHS for k in STEPS]
+    names = {(s, k): f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}" for s in STRENGTHS for k in STEPS}
+    codecs = [once.share(SLIMCodec(pipes, name=name, seed=0, num_inference_steps=schedule_length(any_pipe, k, s),
+                                   strength=s))
+              for (s, k), name in names.items()]
     classifiers = [Classifier.from_pretrained(str(args.work_dir / "foundation" / name), name=name)
                    for name in run_toy.CLASSIFIERS]
     ds = datasets.load_from_disk(str(args.work_dir / "data" / "test"))
     t0 = time.perf_counter()
     run_evaluation(args.work_dir / "few_step", ds, codecs, classifiers, caption_column="caption",
-                         num_samples=args.num_images, batch_size=cfg.eval_batch)
+                   num_samples=args.num_images, batch_size=cfg.eval_batch)
     seconds = time.perf_counter() - t0
     results = {"images": args.num_images, "steps": STEPS, "strengths": STRENGTHS, "classifiers": run_toy.CLASSIFIERS,
                "seconds_this_call": round(seconds, 1), "date": time.strftime("%Y-%m-%d"), "accuracy": {}}
-    rows = latest_rows(args.work_dir / "few_step")
+    # the first N images only: the cache may hold rows of a longer earlier run
+    rows = [r for r in latest_rows(args.work_dir / "few_step") if r["index"] < args.num_images]
     for codec in codecs:
         for point in codec.rate_points:
             mine = [r for r in rows if r["codec"] == codec.name and r["rate_point"] == point]
             entry = {"decode_seconds_per_image": sum(r["decode_seconds"] for r in mine) / len(mine)}
-            for clf in run_toy.CLASSIFIERS:
-                hits = sum(r["top5"][clf][0] == r["label"] for r in mine)
-                low, high = statistics.accuracy_interval(hits, len(mine))
-                entry[clf] = {"top1": 100.0 * hits / len(mine), "low": low, "high": high, "images": len(mine)}
+            entry.update({clf: run_toy.claims.accuracy_of(mine, codec.name, point, clf) for clf in run_toy.CLASSIFIERS})
             results["accuracy"].setdefault(point, {})[codec.name] = entry
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "few_step.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -85,12 +82,10 @@ def main(argv=None) -> int:
     for point, by_codec in results["accuracy"].items():
         lines += [f"## {point}", "", "| strength | steps | ResNet top-1 | ResNet-B top-1 | decode s/image |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
-        for s in STRENGTHS:
-            for k in STEPS:
-                e = by_codec[f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}"]
-                cell = lambda c: f"{e[c]['top1']:.1f} [{e[c]['low']:.1f}, {e[c]['high']:.1f}]"  # noqa: E731
-                lines.append(f"| {s:g} | {k} | {cell('resnet')} | {cell('resnet_b')} | "
-                             f"{e['decode_seconds_per_image']:.3f} |")
+        for (s, k), name in names.items():
+            e = by_codec[name]
+            cell = lambda c: f"{e[c]['top1']:.1f} [{e[c]['low']:.1f}, {e[c]['high']:.1f}]"  # noqa: E731
+            lines.append(f"| {s:g} | {k} | {cell('resnet')} | {cell('resnet_b')} | {e['decode_seconds_per_image']:.3f} |")
         lines.append("")
     (args.results_dir / "few_step.md").write_text("\n".join(lines))
     print("\n".join(lines))
