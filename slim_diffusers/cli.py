@@ -241,7 +241,7 @@ def _decode_settings(args, model: _Model) -> dict:
 
 
 def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model: _Model) -> None:
-    from .coding.bitstream import check_entropy_model
+    from .coding.bitstream import check_entropy_model, check_rate
     from .errors import SLIMModelMismatchError
 
     expected = pipe.decompressor.fingerprint()
@@ -249,6 +249,7 @@ def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model:
     for f, bs in zip(files, bitstreams):
         try:
             check_entropy_model(bs, pipe.decompressor.exact_entropy_model, name=f"{f}")
+            check_rate(bs, pipe.decompressor.num_rate_levels, name=f"{f}")
         except SLIMModelMismatchError as err:
             kinds.append(f"SLIMModelMismatchError: {err}")
     if kinds:
@@ -261,6 +262,14 @@ def _check_fingerprints(files: Sequence[str], bitstreams: Sequence, pipe, model:
     ]
     if errors:
         raise CLIError(*errors)
+
+
+def _resolve_rate(pipe, rate: Optional[float], model: _Model) -> Optional[float]:
+    """``--rate`` checked against the loaded model (a fixed-rate model takes none; a variable-rate one a level)."""
+    try:
+        return pipe.resolve_rate(rate)
+    except ValueError as err:
+        raise CLIError(f"--rate {rate:g}: {err} (--model {model.name})") from None
 
 
 def _write_png(path: Path, image) -> None:
@@ -286,6 +295,9 @@ def _cmd_info(args) -> int:
             continue
         print(f"{path}")
         print(f"  format version   {bs.version} ({bs.entropy_model})")
+        rate = "one fixed rate (a fixed-rate model)" if bs.rate is None else (
+            f"{bs.rate:g} (a variable-rate model's level; 0 = the fewest bits)")
+        print(f"  rate             {rate}")
         print(f"  image size       {bs.width}×{bs.height}")
         print(f"  model            {bs.fingerprint.hex()}")
         print(f"  caption          {bs.caption!r} ({len(compress_caption(bs.caption))} bytes compressed)")
@@ -341,12 +353,13 @@ def _cmd_compress(args) -> int:
     from tqdm.auto import tqdm
 
     pipe = _load_pipeline(model, sender_only=True, device=args.device)
+    rate = _resolve_rate(pipe, args.rate, model)
     total_bytes, bpps = 0, []
     with out:
         for source, target in tqdm(list(zip(sources, targets)), desc="compress", unit="img"):
             with Image.open(source) as image:
                 image.load()
-                (bs,) = pipe.compress(image, captions=args.caption)
+                (bs,) = pipe.compress(image, captions=args.caption, rate=rate)
             out.create()
             total_bytes += bs.save(target)
             bpps.append(bs.bits_per_pixel)
@@ -443,7 +456,7 @@ def _cmd_evaluate(args) -> int:
         strength=settings["strength"], seed=args.seed,
         no_diffusion_curve=args.no_diffusion_curve, baselines=args.baselines, qualities=args.qualities,
         compressai=args.compressai, compressai_qualities=args.compressai_qualities, plugins=args.codec,
-        device=state.device,
+        device=state.device, rates=args.rates,
     )
     classifiers = [Classifier.from_pretrained(c, device=state.device) for c in args.classifiers]
     run = run_evaluation(
@@ -484,6 +497,7 @@ def _cmd_demo(args) -> int:
     from .toy_world import caption_for_class_name
 
     pipe = _load_pipeline(model, sender_only=False, device=None)
+    rate = _resolve_rate(pipe, args.rate, model)
     classifier = None
     if classifier_dir is not None:
         from .evaluation.harness import Classifier
@@ -491,7 +505,8 @@ def _cmd_demo(args) -> int:
         classifier = Classifier.from_pretrained(str(classifier_dir))
     names = classifier.model.config.id2label if classifier else {}
     print(f"model: {model.name} ({model.location})" if model.name != model.location else f"model: {model.name}")
-    print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode}")
+    coded_at = "" if rate is None else f"; rate {rate:g} of levels 0…{pipe.num_rate_levels - 1}"
+    print(f"classifier: {classifier_dir if classifier else 'none'}; decoding: {decode}{coded_at}")
     print(f"{'file':<22}{'size':>8}{'bytes':>7}{'bpp':>8}  {'true class':<18}{'decoded as':<18}caption")
     total, bpps, correct, kind_correct, labelled = 0, [], 0, 0, 0
     with out:
@@ -503,7 +518,7 @@ def _cmd_demo(args) -> int:
             # the toy world's: the object's kind only ("a star"), as a RoI-focused BLIP-2 caption would say it
             true = source.stem.replace("_", " ") if source in bundled else ""
             caption = args.caption if args.caption is not None else caption_for_class_name(true)
-            (bs,) = pipe.compress(image, captions=caption)
+            (bs,) = pipe.compress(image, captions=caption, rate=rate)
             size = bs.save(out.path / f"{source.stem}.slim")
             # the demo decodes what it just coded from the user's own images: no decoding limit beyond the format's
             decoded = pipe.decompress(bs, generator=torch.Generator().manual_seed(0), max_pixels=MAX_SIDE * MAX_SIDE,
@@ -539,6 +554,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a rate level, a number ≥ 0, got {text!r}")
+    return value
+
+
 def _strength(text: str) -> float:
     try:
         value = float(text)
@@ -571,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     steps_help = f"denoising steps (default: {DEFAULT_STEPS}, or the bundled model's own with --model {BUNDLED_MODEL})"
     strength_help = (f"1 = sample from noise; < 1 = start from the noised transmitted latent (default: "
                      f"{DEFAULT_STRENGTH:g}, or the bundled model's own with --model {BUNDLED_MODEL})")
+    rate_help = ("variable-rate models: the rate level, 0 (the fewest bits) to the model's highest level (the most "
+                 "bits, the default); fractions interpolate between trained levels")
     max_pixels_help = ("refuse files claiming images of more pixels (default: 4096×4096 = 16777216; see "
                        "slim_diffusers.coding.bitstream.MAX_IMAGE_PIXELS)")
 
@@ -598,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("-o", "--output-dir", required=True, help="folder for the .slim files")
     p.add_argument("--caption", default=None, help="caption to send with every image (default: none)")
+    p.add_argument("--rate", type=_rate, default=None, help=rate_help)
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing .slim files")
     p.set_defaults(func=_cmd_compress)
@@ -624,7 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bd_rate.md. Run it again to resume; run it under `accelerate launch` to shard the images.",
     )
     p.add_argument("--model", nargs="*", default=[],
-                   help=f"SLIM pipelines (Hub ids, directories, or `{BUNDLED_MODEL}`), one rate point each")
+                   help=f"SLIM pipelines (Hub ids, directories, or `{BUNDLED_MODEL}`): one rate point each, or one per "
+                   "rate of a variable-rate model")
+    p.add_argument("--rates", nargs="+", type=_rate, default=None,
+                   help="the rates a variable-rate model is evaluated at, as one curve (default: its trained levels)")
     p.add_argument("--dataset", required=True, help="a Hub dataset name or a directory written by save_to_disk")
     p.add_argument("--split", default="validation", help="split of the dataset (default: validation)")
     p.add_argument("--image-column", default="image")
@@ -680,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier of the decoded images (default: the bundled toy one with the bundled model)")
     p.add_argument("-o", "--output-dir", default="demo_output")
     p.add_argument("--caption", default=None, help="caption for every image (default: bundled images' class names)")
+    p.add_argument("--rate", type=_rate, default=None, help=rate_help)
     p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
     p.add_argument("--strength", type=_strength, default=None, help=strength_help)
     p.set_defaults(func=_cmd_demo)

@@ -7,6 +7,7 @@ Command line::
 
     python -m slim_diffusers.testing save-tiny-codec OUT_DIR
     python -m slim_diffusers.testing save-tiny-pipeline OUT_DIR [--prediction-type v_prediction] [--with-roi-captioner]
+                                                          [--num-rate-levels L]
     python -m slim_diffusers.testing save-tiny-roi-models OUT_DIR      # OUT_DIR/classifier, OUT_DIR/captioner
     python -m slim_diffusers.testing save-tiny-dataset OUT_DIR --num_images N
 """
@@ -31,11 +32,13 @@ TINY_CODEC_CONFIG = dict(
 TINY_DECOMPRESSOR_EXTRA = dict(groups=(4, 4, 8, 16), channel_context_channels=(16, 16))
 
 
-def tiny_codec(seed: int = 0) -> Tuple[SLIMCompressor, SLIMDecompressor]:
-    """A tiny compressor/decompressor pair in eval mode with CDF tables built, ready to code."""
+def tiny_codec(seed: int = 0, num_rate_levels: int = 0) -> Tuple[SLIMCompressor, SLIMDecompressor]:
+    """A tiny compressor/decompressor pair in eval mode with CDF tables built, ready to code. ``num_rate_levels``
+    makes it variable-rate (its other weights are those of the fixed-rate pair of the same seed)."""
     torch.manual_seed(seed)
-    compressor = SLIMCompressor(num_downsamples=2, **TINY_CODEC_CONFIG)
-    decompressor = SLIMDecompressor(num_upsamples=2, **TINY_CODEC_CONFIG, **TINY_DECOMPRESSOR_EXTRA)
+    rates = {"num_rate_levels": num_rate_levels} if num_rate_levels else {}
+    compressor = SLIMCompressor(num_downsamples=2, **TINY_CODEC_CONFIG, **rates)
+    decompressor = SLIMDecompressor(num_upsamples=2, **TINY_CODEC_CONFIG, **TINY_DECOMPRESSOR_EXTRA, **rates)
     compressor.eval()
     decompressor.eval()
     decompressor.update(force=True)
@@ -218,7 +221,8 @@ def sd21_base_codec(width_scale: float = 1.0, seed: int = 0) -> Tuple[SLIMCompre
 
 
 def tiny_pipeline(
-    seed: int = 0, prediction_type: str = "epsilon", control_scale: float = 0.02, with_roi_captioner: bool = False
+    seed: int = 0, prediction_type: str = "epsilon", control_scale: float = 0.02, with_roi_captioner: bool = False,
+    num_rate_levels: int = 0,
 ):
     """A tiny, seeded, offline :class:`~slim_diffusers.SLIMPipeline`.
 
@@ -226,7 +230,8 @@ def tiny_pipeline(
     seeded values (``control_scale``), so that ẑ and the caption visibly steer the output, as they would
     after training; ``control_scale=0`` keeps the untrained zero initialisation. ``with_roi_captioner``
     adds the optional RoI classifier (:func:`tiny_classifier`) and captioner (:func:`tiny_blip2`), so that
-    ``compress()`` writes RoI-focused captions when none are given.
+    ``compress()`` writes RoI-focused captions when none are given. ``num_rate_levels`` makes the codec
+    variable-rate (:func:`tiny_codec`).
     """
     from .models.controlnet import SLIMControlNet
     from .pipelines.pipeline_slim import SLIMPipeline
@@ -239,7 +244,7 @@ def tiny_pipeline(
             for name, param in controlnet.named_parameters():
                 if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) or name.endswith("conv_out.weight"):
                     param.copy_(torch.randn(param.shape, generator=gen) * control_scale)
-    compressor, decompressor = tiny_codec(seed)
+    compressor, decompressor = tiny_codec(seed, num_rate_levels)
     extra = {}
     if with_roi_captioner:
         extra["roi_classifier"], extra["roi_image_processor"] = tiny_classifier(seed=seed)
@@ -417,6 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.add_argument("--with-roi-captioner", action="store_true", help="include the tiny RoI classifier and captioner")
+    p.add_argument("--num-rate-levels", type=int, default=0, help="a variable-rate codec with this many rate levels")
     p = sub.add_parser("save-tiny-roi-models",
                        help="write a tiny classifier/ and captioner/ with save_pretrained (for training/prepare_dataset.py)")
     p.add_argument("out_dir")
@@ -432,7 +438,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "save-tiny-codec":
         _save_tiny_codec(args.out_dir, args.seed)
     elif args.command == "save-tiny-pipeline":
-        tiny_pipeline(args.seed, args.prediction_type, with_roi_captioner=args.with_roi_captioner).save_pretrained(args.out_dir)
+        tiny_pipeline(args.seed, args.prediction_type, with_roi_captioner=args.with_roi_captioner,
+                      num_rate_levels=args.num_rate_levels).save_pretrained(args.out_dir)
     elif args.command == "save-tiny-roi-models":
         _save_tiny_roi_models(args.out_dir, args.seed, args.image_size)
     elif args.command == "save-tiny-dataset":

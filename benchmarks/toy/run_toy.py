@@ -122,11 +122,12 @@ class Job:
     done: Path
 
 
-def run_chains(chains: Dict[str, List[Job]], work: Path, timings: dict) -> None:
+def run_chains(chains: Dict[str, List[Job]], work: Path, timings: dict, record: Optional[Path] = None) -> None:
     """Each chain's jobs run in order; the chains run side by side, each job a process with one thread.
 
-    Output goes to ``work/logs/<job>.log``; every job that ran gets its wall time in ``timings``. A failing job
-    stops its chain; the others finish first, then the error is raised."""
+    Output goes to ``work/logs/<job>.log``; every job that ran gets its wall time in ``timings`` (and, with
+    ``record``, in that JSON file as soon as it ends, beside the times recorded there before). A failing job stops
+    its chain; the others finish first, then the error is raised."""
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -144,6 +145,9 @@ def run_chains(chains: Dict[str, List[Job]], work: Path, timings: dict) -> None:
                 raise RuntimeError(f"{job.name} failed (exit {result.returncode}); see {logs / job.name.replace('/', '_')}.log")
             with _LOG_LOCK:
                 timings[job.name] = round(time.perf_counter() - t0, 1)
+                if record is not None:
+                    recorded = json.loads(record.read_text()) if record.is_file() else {}
+                    record.write_text(json.dumps({**recorded, job.name: timings[job.name]}, indent=2) + "\n")
             log(f"{job.name}: {timings[job.name]} s")
 
     with ThreadPoolExecutor(max_workers=max(len(chains), 1)) as pool:
@@ -155,7 +159,9 @@ def run_chains(chains: Dict[str, List[Job]], work: Path, timings: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
+def stage_foundation(work: Path, cfg: ToyConfig, timings: dict, learned_baselines: bool = True) -> dict:
+    """The foundation models (and, beside the LDM, the learned baselines unless ``learned_baselines`` is off: studies
+    that need only the foundation models skip them)."""
     f = work / "foundation"
     steps = dict(cfg.foundation_steps)
     script = HERE / "foundation.py"
@@ -173,7 +179,7 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict) -> dict:
     run_chains({
         "vae+ldm": [job("vae"), Job("foundation/ldm", [sys.executable, script, "ldm", f / "sd", "--steps", steps["ldm"],
                                                           "--vae", f / "vae", "--pool", cfg.ldm_pool], f / "sd" / "toy_done.json")],
-        "classifiers, learned baselines": [job("resnet"), job("resnet_b"), learned],
+        "classifiers, learned baselines": [job("resnet"), job("resnet_b"), *([learned] if learned_baselines else [])],
     }, work, timings)
     info = {name: json.loads((f / folder / "toy_done.json").read_text())
             for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("resnet_b", "resnet_b"), ("ldm", "sd"))}
@@ -214,29 +220,33 @@ def stage_init(work: Path) -> Path:
     return out
 
 
-def _train_job(name: str, script: str, model: Path, data: Path, out: Path, rate: float, no_roi: bool, stage: tuple,
+def _train_job(name: str, script: str, model: Path, data: Path, out: Path, rate, no_roi: bool, stage: tuple,
                cfg: ToyConfig, extra=()) -> Job:
+    """One training script's run; ``rate``: λr, or a sequence of them for a variable-rate model."""
     steps, batch, lr = stage
     cmd = [sys.executable, REPO / "training" / script, "--pretrained_model_name_or_path", model,
            "--train_data_dir", data, "--output_dir", out, "--resolution", IMAGE_SIZE,
            "--train_batch_size", batch, "--max_train_steps", steps, "--learning_rate", lr,
            "--checkpointing_steps", max(steps // 4, 1), "--checkpoints_total_limit", 1,
            "--resume_from_checkpoint", "latest", "--validation_steps", steps, "--num_validation_images", min(16, batch),
-           "--report_to", "none", "--seed", 0, "--lambda_rate", rate, *sum(([f"--{k}", v] for k, v in cfg.lambdas), []),
+           "--report_to", "none", "--seed", 0, "--lambda_rate", *(rate if isinstance(rate, (list, tuple)) else [rate]), *sum(([f"--{k}", v] for k, v in cfg.lambdas), []),
            *(["--no_roi"] if no_roi else []), *extra]
     return Job(name, cmd, out / "model_index.json")
 
 
-def stage_slim(work: Path, cfg: ToyConfig, timings: dict) -> dict:
-    """Both chains (with and without RoI masks) side by side; in each, stage 1 at the warm-start rate from the
-    untrained model, the other rates' stage 1 fine-tuned from it, then stage 2 at every rate."""
+def slim_chains(work: Path, cfg: ToyConfig, variants=("roi", "no_roi")) -> Tuple[Dict[str, List[Job]], dict]:
+    """The training chains of SLIM per rate point (``variants``: with RoI masks, without) and the models they write:
+    in each chain, stage 1 at the warm-start rate from the untrained model, the other rates' stage 1 fine-tuned from
+    it, then stage 2 at every rate."""
     init = stage_init(work)
     data = work / "data" / "train"
     stage2_extra = ["--classifier_name_or_path", work / "foundation" / "resnet", "--lpips_net", "alex",
                     "--lpips_random_init"]
-    models: Dict[str, Dict[float, Path]] = {"roi": {}, "no_roi": {}}
+    models: Dict[str, Dict[float, Path]] = {variant: {} for variant in variants}
     chains = {}
     for variant, no_roi in (("roi", False), ("no_roi", True)):
+        if variant not in variants:
+            continue
         suffix = "-noroi" if no_roi else ""
         base = work / "slim" / f"stage1-lr{cfg.warm_start_rate:g}{suffix}"
         jobs = [_train_job(f"slim/stage1-lr{cfg.warm_start_rate:g}{suffix}", "train_stage1.py", init, data, base,
@@ -251,6 +261,12 @@ def stage_slim(work: Path, cfg: ToyConfig, timings: dict) -> dict:
                                    cfg.slim_stage2, cfg, stage2_extra))
             models[variant][rate] = s2
         chains[variant] = jobs
+    return chains, models
+
+
+def stage_slim(work: Path, cfg: ToyConfig, timings: dict) -> dict:
+    """Both chains of :func:`slim_chains` (with and without RoI masks) side by side."""
+    chains, models = slim_chains(work, cfg)
     run_chains(chains, work, timings)
     return models
 
@@ -324,7 +340,8 @@ class EncodeOnce:
 
         def encode_once(images, rate_point, captions):
             captions = [codec.caption] * len(images) if codec.caption is not None else list(captions)
-            pipe = id(codec.pipelines[rate_point])
+            # a variable-rate pipeline codes at several rates: the rate is part of what makes the bytes
+            pipe = (id(codec.pipelines[rate_point]), (codec.rates or {}).get(rate_point))
             keys = [(pipe, c, hashlib.sha256(im.tobytes()).hexdigest()) for im, c in zip(images, captions)]
             todo = [i for i, k in enumerate(keys) if k not in self.store]
             if todo:

@@ -4,13 +4,16 @@ Byte layout (integers little-endian, ``uvarint`` = unsigned LEB128, at most 5 by
 
     offset  size      field
     0       4         magic, the ASCII bytes ``SLIM``
-    4       1         format version: 1 (floating-point entropy model) or 2 (exact entropy model)
-    5       1         version 2 only: flags
+    4       1         format version: 1 (floating-point entropy model), 2 (exact entropy model) or 3
+                      (variable rate)
+    5       1         versions 2 and 3: flags
                         bit 0  the payload needs an exact (integer) entropy model
                                (``SLIMDecompressor(exact_entropy_model=True)``)
-                        bit 1  reserved: variable rate, a rate field follows the flags (not written yet;
-                               files with it are refused)
+                        bit 1  variable rate: a rate field follows the flags (version 3 only)
                         bits 2–7 reserved, zero
+            uvarint   version 3 with flag bit 1 only: the rate, in 1/16 of a rate level (0 … 4095: levels
+                      0 … 255.9375), at which a variable-rate model coded the payload
+                      (:mod:`slim_diffusers.models.rate_gains`)
             uvarint   image height in pixels (1 … 16384)
             uvarint   image width in pixels (1 … 16384)
             4         model fingerprint: first 4 bytes of the BLAKE2b digest of the decompressor's weights
@@ -22,13 +25,17 @@ Byte layout (integers little-endian, ``uvarint`` = unsigned LEB128, at most 5 by
             n         payload: one rANS stream of the latent (:mod:`slim_diffusers.coding.latents`)
             4         CRC-32 (``zlib.crc32``) of every byte before it
 
-An empty caption costs one byte (its zero length). The header adds 15–17 bytes (version 2: 16–18) to the
-payload and caption; bits per pixel counts all of them.
+An empty caption costs one byte (its zero length). The header adds 15–17 bytes (version 2: 16–18; version 3
+with a rate below level 8: 17–19) to the payload and caption; bits per pixel counts all of them.
 
 Version 1 files are written by floating-point entropy models and decode only with one (their entropy
 parameters are float network outputs: exact only when both ends compute them on the same kind of device);
 version 2 files with flag bit 0 are written by exact entropy models and decode only with one, to the same
 ``ŷ`` on every device. A decoder refuses the other kind with :class:`~slim_diffusers.SLIMModelMismatchError`.
+Version 3 files are written by variable-rate models (one model, many rates) and carry the rate the payload was
+coded at; their flag bit 0 says which kind of entropy model they need, as in version 2. Models of one rate still
+write version 1 or 2 files, byte for byte as before; a variable-rate model refuses files without a rate and a
+fixed-rate model files with one (:func:`check_rate`).
 
 Every malformed input raises :class:`SLIMBitstreamError` before any memory is sized from a header field:
 lengths are checked against the bytes actually present and against the limits above.
@@ -48,12 +55,15 @@ from ..errors import SLIMBitstreamError, SLIMDecodeLimitError, SLIMModelMismatch
 from ..utils.file_utils import write_atomically
 
 MAGIC = b"SLIM"
-FORMAT_VERSION = 2  # the newest; files of floating-point entropy models are still written as version 1
-SUPPORTED_VERSIONS = (1, 2)
-# version 2 flags
+FORMAT_VERSION = 3  # the newest; fixed-rate models still write version 1 (float) or 2 (exact) files
+SUPPORTED_VERSIONS = (1, 2, 3)
+# flags of versions 2 and 3
 FLAG_EXACT_ENTROPY_MODEL = 0x01
-FLAG_VARIABLE_RATE = 0x02  # reserved: a rate field follows the flags
-KNOWN_FLAGS = FLAG_EXACT_ENTROPY_MODEL
+FLAG_VARIABLE_RATE = 0x02  # version 3: a rate field follows the flags
+KNOWN_FLAGS = {2: FLAG_EXACT_ENTROPY_MODEL, 3: FLAG_EXACT_ENTROPY_MODEL | FLAG_VARIABLE_RATE}
+# the rate field: a rate level in units of 1/RATE_STEPS (slim_diffusers.models.rate_gains.RATE_STEPS)
+RATE_STEPS = 16
+MAX_RATE_UNITS = 256 * RATE_STEPS - 1
 MAX_SIDE = 16384
 MAX_CAPTION_BYTES = 1024
 FINGERPRINT_BYTES = 4
@@ -72,6 +82,7 @@ __all__ = [
     "SLIMBitstreamError",
     "check_decode_limit",
     "check_entropy_model",
+    "check_rate",
     "compress_caption",
     "decompress_caption",
 ]
@@ -167,6 +178,29 @@ def check_entropy_model(bitstream: "SLIMBitstream", exact_entropy_model: bool, n
     )
 
 
+def check_rate(bitstream: "SLIMBitstream", num_rate_levels: int, name: str = "the .slim file") -> None:
+    """Raise :class:`SLIMModelMismatchError` when ``bitstream``'s rate does not fit a decoder with ``num_rate_levels``
+    rate levels (0: a fixed-rate model): a file with a rate for a fixed-rate model, one without for a variable-rate
+    model, or a rate beyond the model's levels."""
+    if bitstream.rate is None and not num_rate_levels:
+        return
+    if bitstream.rate is None:
+        raise SLIMModelMismatchError(
+            f"{name} (.slim version {bitstream.version}) was coded at one fixed rate, but this model is variable-rate "
+            f"({num_rate_levels} levels); decode it with the fixed-rate model that wrote it"
+        )
+    if not num_rate_levels:
+        raise SLIMModelMismatchError(
+            f"{name} was coded by a variable-rate model (at rate {bitstream.rate:g}), but this model codes at one fixed "
+            "rate; decode it with the variable-rate model that wrote it"
+        )
+    if bitstream.rate > num_rate_levels - 1:
+        raise SLIMModelMismatchError(
+            f"{name} claims rate {bitstream.rate:g}, beyond this model's levels 0…{num_rate_levels - 1}; decode it with "
+            "the model that wrote it"
+        )
+
+
 @dataclass
 class SLIMBitstream:
     """One compressed image: what a ``.slim`` file holds.
@@ -177,7 +211,10 @@ class SLIMBitstream:
         caption: the RoI-focused caption (may be empty).
         payload: the entropy-coded latent.
         exact_entropy_model: the payload was written by an exact (integer) entropy model.
-        version: format version; ``None`` picks the one the file needs (2 for an exact entropy model, else 1).
+        version: format version; ``None`` picks the one the file needs (3 with a rate, else 2 for an exact entropy
+            model, else 1).
+        rate: the rate level a variable-rate model coded the payload at (a multiple of 1/16); ``None`` for the
+            files of fixed-rate models.
     """
 
     height: int
@@ -187,15 +224,25 @@ class SLIMBitstream:
     payload: bytes
     exact_entropy_model: bool = False
     version: Optional[int] = None
+    rate: Optional[float] = None
 
     def __post_init__(self):
         self.exact_entropy_model = bool(self.exact_entropy_model)
         if self.version is None:
-            self.version = 2 if self.exact_entropy_model else 1
+            self.version = 3 if self.rate is not None else 2 if self.exact_entropy_model else 1
         if self.version not in SUPPORTED_VERSIONS:
             raise SLIMBitstreamError(f"unsupported .slim format version {self.version}")
         if self.version == 1 and self.exact_entropy_model:
             raise SLIMBitstreamError(".slim version 1 cannot mark an exact entropy model; use version 2")
+        if self.rate is not None:
+            if self.version < 3:
+                raise SLIMBitstreamError(f".slim version {self.version} cannot carry a rate; use version 3")
+            units = float(self.rate) * RATE_STEPS
+            if not (0 <= units <= MAX_RATE_UNITS and units == int(units)):
+                raise SLIMBitstreamError(
+                    f"rate must be a multiple of 1/{RATE_STEPS} in 0…{MAX_RATE_UNITS / RATE_STEPS}, got {self.rate!r}"
+                )
+            self.rate = units / RATE_STEPS
         for name in ("height", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
@@ -208,8 +255,10 @@ class SLIMBitstream:
 
     @property
     def flags(self) -> int:
-        """The version 2 flags byte."""
-        return FLAG_EXACT_ENTROPY_MODEL if self.exact_entropy_model else 0
+        """The flags byte of versions 2 and 3."""
+        return (FLAG_EXACT_ENTROPY_MODEL if self.exact_entropy_model else 0) | (
+            FLAG_VARIABLE_RATE if self.rate is not None else 0
+        )
 
     @property
     def entropy_model(self) -> str:
@@ -227,6 +276,8 @@ class SLIMBitstream:
         out.append(self.version)
         if self.version >= 2:
             out.append(self.flags)
+        if self.rate is not None:
+            write_uvarint(int(self.rate * RATE_STEPS), out)
         write_uvarint(self.height, out)
         write_uvarint(self.width, out)
         out += self.fingerprint
@@ -264,16 +315,22 @@ class SLIMBitstream:
             if pos >= len(body):
                 raise SLIMBitstreamError("truncated .slim data: it ends before the flags")
             flags, pos = body[pos], pos + 1
-            if flags & FLAG_VARIABLE_RATE:
+            if version == 2 and flags & FLAG_VARIABLE_RATE:
                 raise SLIMBitstreamError(
-                    "this .slim file is coded at a variable rate (flag bit 1), which this slim-diffusers does not "
-                    "read; upgrade slim-diffusers"
+                    "corrupt .slim data: a version 2 file with the variable-rate flag (bit 1), which only version 3 "
+                    "files carry"
                 )
-            if flags & ~KNOWN_FLAGS:
+            if flags & ~KNOWN_FLAGS[version]:
                 raise SLIMBitstreamError(
-                    f"unsupported .slim flags 0x{flags:02x} (this slim-diffusers knows 0x{KNOWN_FLAGS:02x}); "
-                    "upgrade slim-diffusers"
+                    f"unsupported .slim flags 0x{flags:02x} (this slim-diffusers knows 0x{KNOWN_FLAGS[version]:02x} in "
+                    f"version {version}); upgrade slim-diffusers"
                 )
+        rate = None
+        if flags & FLAG_VARIABLE_RATE:
+            units, pos = read_uvarint(body, pos, "rate")
+            if units > MAX_RATE_UNITS:
+                raise SLIMBitstreamError(f"corrupt .slim data: rate {units / RATE_STEPS:g} is out of range")
+            rate = units / RATE_STEPS
         height, pos = read_uvarint(body, pos, "height")
         width, pos = read_uvarint(body, pos, "width")
         if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
@@ -300,6 +357,7 @@ class SLIMBitstream:
             payload=body[pos:],
             exact_entropy_model=bool(flags & FLAG_EXACT_ENTROPY_MODEL),
             version=version,
+            rate=rate,
         )
 
     # ------------------------------------------------------------------------------------------ files

@@ -20,7 +20,7 @@ one.
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
@@ -60,12 +60,35 @@ def rate_point_labels(models: Sequence[str]) -> List[str]:
     return [str(m).strip("/\\").replace("\\", "/") for m in models]
 
 
+def slim_rate_points(pipelines: Mapping[str, Any], rates: Optional[Sequence[float]] = None):
+    """``(pipelines, rates)`` for :class:`SLIMCodec`: a fixed-rate pipeline is one rate point under its label; a
+    variable-rate one is a point per rate of ``rates`` (default: each of its trained levels), labelled ``rate=R``
+    (``LABEL rate=R`` when there are several models), so that one variable-rate model gives one curve.
+    Raises :class:`ValueError` for a rate a model does not have, or ``rates`` with no variable-rate model."""
+    points: Dict[str, Any] = {}
+    point_rates: Dict[str, float] = {}
+    if rates is not None and not any(p.num_rate_levels for p in pipelines.values()):
+        raise ValueError("rates were given, but no model is variable-rate (each codes at the one rate it was trained for)")
+    for label, pipe in pipelines.items():
+        levels = pipe.num_rate_levels
+        if not levels:
+            points[label] = pipe
+            continue
+        for rate in rates if rates is not None else range(levels):
+            value = pipe.resolve_rate(rate)
+            key = f"rate={value:g}" if len(pipelines) == 1 else f"{label} rate={value:g}"
+            points[key], point_rates[key] = pipe, value
+    return points, point_rates
+
+
 @dataclass
 class SLIMCodec:
-    """SLIM pipelines as one codec: each pipeline (e.g. one trained per rate weight λr) is one rate point.
+    """SLIM pipelines as one codec: each pipeline (e.g. one trained per rate weight λr) is one rate point, and
+    a variable-rate pipeline may be several (``rates``; :func:`slim_rate_points` builds both arguments).
 
     Args:
         pipelines: ``{rate point label: SLIMPipeline}``.
+        rates: ``{rate point label: rate}`` for the points coded by a variable-rate pipeline at that rate.
         use_diffusion: ``False`` decodes ẑ with the VAE alone, the paper's "w/o diffusion" ablation.
         num_inference_steps, strength, guidance_scale: passed to ``SLIMPipeline.decompress``.
         seed: seed of the sampling noise. Every image gets a fresh generator with this seed, so its
@@ -82,6 +105,7 @@ class SLIMCodec:
     seed: int = 0
     caption: Optional[str] = None
     suffix: str = ".slim"
+    rates: Optional[Mapping[str, float]] = None
 
     @property
     def rate_points(self) -> List[str]:
@@ -95,11 +119,12 @@ class SLIMCodec:
 
     def encode_batch(self, images: Sequence[Image.Image], rate_point: str, captions: Sequence[Optional[str]]) -> List[bytes]:
         pipe = self.pipelines[rate_point]
+        rate = (self.rates or {}).get(rate_point)
         if self.caption is not None:
             captions = [self.caption] * len(images)
         if any(c is None for c in captions):  # the pipeline's captioner (or the empty caption) decides, per image
-            return [pipe.compress(image, captions=c)[0].to_bytes() for image, c in zip(images, captions)]
-        return [bs.to_bytes() for bs in pipe.compress(list(images), captions=list(captions))]
+            return [pipe.compress(image, captions=c, rate=rate)[0].to_bytes() for image, c in zip(images, captions)]
+        return [bs.to_bytes() for bs in pipe.compress(list(images), captions=list(captions), rate=rate)]
 
     def decode_batch(self, datas: Sequence[bytes], rate_point: str) -> List[Image.Image]:
         """Decode together; each image's noise comes from its own generator seeded with ``seed``, as alone."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .codecs import SLIMCodec, rate_point_labels
+from .codecs import SLIMCodec, rate_point_labels, slim_rate_points
 from .errors import EvaluationSetupError
 
 
@@ -77,16 +77,23 @@ def build_codecs(
     compressai_qualities: Sequence[int] = (1, 2, 3, 4),
     plugins: Sequence[str] = (),
     device=None,
+    rates: Optional[Sequence[float]] = None,
 ) -> list:
     """Every codec of an evaluation, loaded (and failing) before any image is coded: SLIM with one rate point per
-    model (and the same bitstreams decoded without diffusion), Pillow formats over ``qualities``, CompressAI zoo
-    models, and plugged-in codecs."""
+    fixed-rate model and one per rate of a variable-rate model (``rates``, default: its trained levels; one model
+    gives one curve), and the same bitstreams decoded without diffusion, Pillow formats over ``qualities``,
+    CompressAI zoo models, and plugged-in codecs."""
     from .baselines import CompressAICodec, PillowCodec
 
     codecs: list = []
+    if rates is not None and not models:
+        raise EvaluationSetupError("--rates sweeps the rates of a variable-rate SLIM model: give it with --model")
     if models:
-        pipelines = load_slim_pipelines(models, device)
-        slim = dict(num_inference_steps=num_inference_steps, strength=strength, seed=seed)
+        try:
+            pipelines, point_rates = slim_rate_points(load_slim_pipelines(models, device), rates)
+        except ValueError as err:
+            raise EvaluationSetupError(f"--rates: {err}") from None
+        slim = dict(num_inference_steps=num_inference_steps, strength=strength, seed=seed, rates=point_rates)
         codecs.append(SLIMCodec(pipelines, name="SLIM", **slim))
         if no_diffusion_curve:
             codecs.append(SLIMCodec(pipelines, name="SLIM w/o diffusion", use_diffusion=False, **slim))

@@ -8,6 +8,8 @@ therefore loads too. No weight is stored twice.
 """
 
 from dataclasses import dataclass
+from typing import Optional, Union
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -15,6 +17,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .layers import analysis_transform, conv3x3
+from .rate_gains import RateGains
 
 
 @dataclass
@@ -42,6 +45,9 @@ class SLIMCompressor(ModelMixin, ConfigMixin):
         hyper_channels (`int`, defaults to 192): channels of the hyper-latent ``z`` (N).
         num_downsamples (`int`, defaults to 2): stride-2 stages of ``g_a`` (stride 4 on the latent).
         num_res_blocks (`int`, defaults to 1): residual bottleneck blocks before each downsampling.
+        num_rate_levels (`int`, defaults to 0): ``0`` codes at the one rate the model was trained for; ``L ≥ 2``
+            makes a variable-rate codec whose gain vectors (:class:`~slim_diffusers.models.rate_gains.RateGains`)
+            scale ``y`` before quantisation at one of ``L`` trained levels or between them (``rate`` in ``forward``).
     """
 
     @register_to_config
@@ -53,6 +59,7 @@ class SLIMCompressor(ModelMixin, ConfigMixin):
         hyper_channels: int = 192,
         num_downsamples: int = 2,
         num_res_blocks: int = 1,
+        num_rate_levels: int = 0,
     ):
         super().__init__()
         self.g_a = analysis_transform(
@@ -65,9 +72,24 @@ class SLIMCompressor(ModelMixin, ConfigMixin):
             nn.ReLU(inplace=True),
             nn.Conv2d(hyper_channels, hyper_channels, kernel_size=5, stride=2, padding=2),
         )
+        # only variable-rate models have gains: a fixed-rate model's weights and checkpoints are what they were
+        self.rate_gains = RateGains(num_rate_levels, latent_codec_channels) if num_rate_levels else None
 
-    def forward(self, latents: torch.Tensor, return_dict: bool = True):
+    @property
+    def num_rate_levels(self) -> int:
+        """Trained rate levels (0: a fixed-rate model)."""
+        return int(self.config.get("num_rate_levels", 0) or 0)
+
+    def forward(self, latents: torch.Tensor, rate: Optional[Union[float, torch.Tensor]] = None, return_dict: bool = True):
+        """``y`` and ``z`` of the latents; a variable-rate model needs ``rate`` (a level in ``[0, L − 1]``, or one
+        per item), a fixed-rate model takes none. The hyper analysis sees the gained ``y``."""
         y = self.g_a(latents)
+        if self.rate_gains is not None:
+            if rate is None:
+                raise ValueError(f"this is a variable-rate compressor ({self.num_rate_levels} levels): pass a rate")
+            y = y * self.rate_gains(rate, batch=y.shape[0]).to(y.dtype)
+        elif rate is not None:
+            raise ValueError("this compressor codes at one rate (trained for one λr); a rate needs a variable-rate model")
         z = self.h_a(y)
         if not return_dict:
             return (y, z)

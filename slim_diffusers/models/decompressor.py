@@ -14,7 +14,7 @@ trained float one by :meth:`SLIMDecompressor.convert_to_exact_entropy_model`.
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, EntropyModel
@@ -26,6 +26,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from ..coding.integer_networks import IntegerConfig
 from ..coding.latent_codec import SLIMLatentCodec
 from .layers import synthesis_transform
+from .rate_gains import RateGains
 
 @dataclass
 class SLIMDecompressorOutput(BaseOutput):
@@ -60,6 +61,10 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
             checkerboard contexts, parameter aggregation) are computed by integer networks, bit-identically on
             every device; files it writes are ``.slim`` version 2. Build one from a trained float model with
             :meth:`convert_to_exact_entropy_model`; it does not train.
+        num_rate_levels (`int`, defaults to 0): ``0`` for a model trained at one rate; ``L ≥ 2`` for a variable-rate
+            model (the compressor's must match), whose inverse gains
+            (:class:`~slim_diffusers.models.rate_gains.RateGains`) scale ``ŷ`` before ``g_s`` at the rate each
+            ``.slim`` file names (version 3 files).
     """
 
     hyper_stride = SLIMLatentCodec.hyper_stride
@@ -76,6 +81,7 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         num_res_blocks: int = 1,
         channel_context_channels: Sequence[int] = (128, 96),
         exact_entropy_model: bool = False,
+        num_rate_levels: int = 0,
     ):
         super().__init__()
         codec = SLIMLatentCodec.elic(
@@ -88,6 +94,10 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         self.latent_codec = codec.latent_codec
         self.__dict__["_entropy_coder"] = codec
         self.g_s = synthesis_transform(latent_codec_channels, hidden_channels, latent_channels, num_upsamples, num_res_blocks)
+        # only variable-rate models have inverse gains: a fixed-rate model's weights and fingerprint are what they were
+        self.rate_inverse_gains = (
+            RateGains(num_rate_levels, latent_codec_channels, inverse=True) if num_rate_levels else None
+        )
 
     @property
     def entropy_coder(self) -> SLIMLatentCodec:
@@ -108,6 +118,22 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         kwargs["low_cpu_mem_usage"] = False
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return model.to(device) if device is not None else model
+
+    @property
+    def num_rate_levels(self) -> int:
+        """Trained rate levels (0: a fixed-rate model)."""
+        return int(self.config.get("num_rate_levels", 0) or 0)
+
+    def check_rate(self, rate) -> None:
+        """Refuse a rate this model cannot decode at (``None`` for a variable-rate model, any rate for a fixed one,
+        a rate outside its levels) with :class:`ValueError`."""
+        if self.rate_inverse_gains is None:
+            if rate is not None:
+                raise ValueError("this decompressor codes at one rate (trained for one λr); a rate needs a variable-rate model")
+            return
+        if rate is None:
+            raise ValueError(f"this is a variable-rate decompressor ({self.num_rate_levels} levels): pass a rate")
+        self.rate_inverse_gains.check_rate(rate)
 
     # ----------------------------------------------------------------------------------------------- shapes
     @property
@@ -184,15 +210,21 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
 
     # ------------------------------------------------------------------------------------------ forward
-    def forward(self, y: torch.Tensor, z: torch.Tensor, return_dict: bool = True):
+    def forward(self, y: torch.Tensor, z: torch.Tensor, rate: Optional[Union[float, torch.Tensor]] = None,
+                return_dict: bool = True):
         """Quantize ``y`` and ``z``, return their likelihoods and the synthesized latent.
 
         In training mode this is CompressAI's differentiable path; in eval mode ``y_hat`` and the likelihoods
         are exactly those that coding the same items gives (:class:`SLIMLatentCodec`), and ``g_s`` runs item
-        by item (:meth:`synthesize`).
+        by item (:meth:`synthesize`). ``rate``: the level ``y`` was gained at (variable-rate models only); ``y_hat``
+        is returned in the gained domain, as it is coded.
         """
+        self.check_rate(rate)
         out = self.entropy_coder(y, z)
-        latents = self.g_s(out["y_hat"]) if self.training else self.synthesize(out["y_hat"])
+        if self.training:
+            latents = self.g_s(self._ungain(out["y_hat"], rate))
+        else:
+            latents = self.synthesize(out["y_hat"], rate)
         if not return_dict:
             return (latents, out["likelihoods"], out["y_hat"])
         return SLIMDecompressorOutput(latents=latents, likelihoods=out["likelihoods"], y_hat=out["y_hat"])
@@ -206,18 +238,27 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
         return self.entropy_coder.compress(y.to(self.device, self.dtype), z.to(self.device, self.dtype))["strings"][0]
 
     @apply_forward_hook
-    def decode(self, payloads: Sequence[bytes], latent_size: Tuple[int, int]) -> torch.Tensor:
-        """ẑ of each payload, at ``latent_size`` (the unpadded latent's height and width)."""
+    def decode(self, payloads: Sequence[bytes], latent_size: Tuple[int, int], rate: Optional[float] = None) -> torch.Tensor:
+        """ẑ of each payload, at ``latent_size`` (the unpadded latent's height and width); ``rate``: the level the
+        payloads were coded at (variable-rate models; the ``.slim`` header carries it)."""
+        self.check_rate(rate)
         h, w = int(latent_size[0]), int(latent_size[1])
         _, z_size = self.code_shapes(h, w)
         y_hat = self.entropy_coder.decompress([list(payloads)], z_size)["y_hat"]
-        return self.synthesize(y_hat)[..., :h, :w]
+        return self.synthesize(y_hat, rate)[..., :h, :w]
 
-    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+    def _ungain(self, y_hat: torch.Tensor, rate) -> torch.Tensor:
+        """``ŷ`` times the inverse gains of ``rate`` (variable-rate models); unchanged otherwise."""
+        if self.rate_inverse_gains is None:
+            return y_hat
+        return y_hat * self.rate_inverse_gains(rate, batch=y_hat.shape[0]).to(y_hat.dtype)
+
+    def synthesize(self, y_hat: torch.Tensor, rate: Optional[Union[float, torch.Tensor]] = None) -> torch.Tensor:
         """``g_s`` one item at a time: CPU convolutions round differently at different batch sizes, and a
         decoded image must not depend on what else was in the batch. An exact model's float64 ``ŷ`` enters
-        ``g_s`` in its dtype (one correctly rounded conversion, the same everywhere)."""
-        y_hat = y_hat.to(self.dtype)
+        ``g_s`` in its dtype (one correctly rounded conversion, the same everywhere); a variable-rate model's is
+        first multiplied by the inverse gains of ``rate``, in the model's dtype."""
+        y_hat = self._ungain(y_hat.to(self.dtype), rate)
         return torch.cat([self.g_s(y_hat[i : i + 1]) for i in range(y_hat.shape[0])])
 
     def fingerprint(self) -> bytes:
@@ -234,8 +275,10 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
             return cached[1]
         digest = hashlib.blake2b(digest_size=16)
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        if not config.get("exact_entropy_model"):  # float models keep the fingerprints they had before the option
-            config.pop("exact_entropy_model", None)
+        # models without these options keep the fingerprints they had before the options existed
+        for option in ("exact_entropy_model", "num_rate_levels"):
+            if not config.get(option):
+                config.pop(option, None)
         digest.update(json.dumps(config, sort_keys=True, default=list).encode())
         for name, t in tensors:
             t = t.detach().to("cpu").contiguous()

@@ -25,12 +25,13 @@ from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPToken
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit, check_entropy_model
+from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit, check_entropy_model, check_rate
 from ..coding.latents import check_pair, compress_latents, decompress_latents
 from ..errors import SLIMModelMismatchError
 from ..models.compressor import SLIMCompressor
 from ..models.controlnet import SLIMControlNet, controlled_noise_prediction
 from ..models.decompressor import SLIMDecompressor
+from ..models.rate_gains import quantize_rate
 from ..semantics.captioning import DEFAULT_MAX_NEW_TOKENS, CaptionOutput, generate_captions
 from ..semantics.roi import RoIMaskOutput, compute_roi_masks
 from ..utils.image_utils import ImageInput, image_size, to_rgb_list
@@ -396,12 +397,44 @@ class SLIMPipeline(DiffusionPipeline):
             roi_masks = list(self._roi_masks(images).masks)
         return generate_captions(self.captioner, self.caption_processor, images, roi_masks, max_new_tokens=max_new_tokens)
 
+    @property
+    def num_rate_levels(self) -> int:
+        """The trained rate levels of a variable-rate model (``compress(..., rate=r)`` with ``0 ≤ r ≤ L − 1``); 0 for a
+        model trained at one rate."""
+        return self.decompressor.num_rate_levels if self.decompressor is not None else 0
+
+    def resolve_rate(self, rate: Optional[float]) -> Optional[float]:
+        """The rate a ``compress`` call codes at: ``rate`` rounded to the 1/16 of a level the ``.slim`` header carries,
+        the highest level (the most bits) when a variable-rate model is given none, ``None`` for a fixed-rate model.
+        Raises :class:`ValueError` for a rate the model does not have."""
+        levels = self.num_rate_levels
+        if not levels:
+            if rate is not None:
+                raise ValueError(
+                    "this model was trained for one rate and codes at that rate only; rate= needs a variable-rate model "
+                    "(trained with several --lambda_rate values)"
+                )
+            return None
+        if rate is None:
+            return float(levels - 1)
+        try:
+            value = float(rate)
+        except (TypeError, ValueError):
+            raise ValueError(f"rate must be a number in [0, {levels - 1}], got {rate!r}") from None
+        if not 0 <= value <= levels - 1:
+            raise ValueError(
+                f"rate must be in [0, {levels - 1}]: this model has {levels} trained rate levels (0: the fewest bits, "
+                f"{levels - 1}: the most; fractions interpolate), got {rate!r}"
+            )
+        return quantize_rate(value)
+
     @torch.no_grad()
     def compress(
         self,
         images: Union[ImageInput, Sequence[ImageInput]],
         captions: Optional[Union[str, Sequence[str]]] = None,
         max_caption_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        rate: Optional[float] = None,
     ) -> List[SLIMBitstream]:
         """Compress images into :class:`SLIMBitstream` objects (``.save(path)`` writes a ``.slim`` file).
 
@@ -412,9 +445,14 @@ class SLIMPipeline(DiffusionPipeline):
                 optional ``roi_classifier`` and ``captioner`` when they are loaded (:meth:`caption_images`),
                 and sends an empty caption (with a warning) when no captioner is loaded.
             max_caption_tokens: bound on the generated captions' length, in tokens.
+            rate: variable-rate models only (:attr:`num_rate_levels` ``= L > 0``): the rate level, a number in
+                ``[0, L − 1]``; ``0`` writes the fewest bits and bits rise with the rate; whole numbers are the
+                trained levels, fractions interpolate between them (rounded to 1/16, which the file records).
+                ``None``: the highest level. A fixed-rate model takes no rate.
         """
         self._require("vae", "compressor", "decompressor", action="compress()")
         check_pair(self.compressor, self.decompressor)
+        rate = self.resolve_rate(rate)
         images = to_rgb_list(images)  # the one conversion of this call; the helpers below take RGB images
         self.check_inputs(images=images, captions=captions)
         if captions is None and self.captioner is not None and self.caption_processor is not None:
@@ -432,9 +470,9 @@ class SLIMPipeline(DiffusionPipeline):
         bitstreams = []
         for image, caption, latent in zip(images, captions, self.encode_images(images)):
             h, w = image_size(image)
-            (payload,) = compress_latents(self.compressor, self.decompressor, latent.to(dtype=self.compressor.dtype))
+            (payload,) = compress_latents(self.compressor, self.decompressor, latent.to(dtype=self.compressor.dtype), rate)
             bitstreams.append(SLIMBitstream(height=h, width=w, fingerprint=fingerprint, caption=caption, payload=payload,
-                                            exact_entropy_model=exact))
+                                            exact_entropy_model=exact, rate=rate))
         self.maybe_free_model_hooks()
         return bitstreams
 
@@ -452,6 +490,7 @@ class SLIMPipeline(DiffusionPipeline):
             name = f"bitstream {i}" if len(out) > 1 else "the bitstream"
             check_decode_limit(bs, max_pixels, name=name)
             check_entropy_model(bs, self.decompressor.exact_entropy_model, name=name)
+            check_rate(bs, self.decompressor.num_rate_levels, name=name)
             if bs.fingerprint != expected:
                 raise SLIMModelMismatchError(
                     f"{name} was written by model {bs.fingerprint.hex()}, but this pipeline's decompressor "
@@ -466,7 +505,7 @@ class SLIMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def decode_latents_from_bitstreams(self, bitstreams: List[SLIMBitstream]) -> List[torch.Tensor]:
         """ẑ for each bitstream, at the latent size of its (VAE-stride padded) image."""
-        return [decompress_latents(self.decompressor, [bs.payload], self._latent_size(bs)) for bs in bitstreams]
+        return [decompress_latents(self.decompressor, [bs.payload], self._latent_size(bs), bs.rate) for bs in bitstreams]
 
     @torch.no_grad()
     def encode_prompt(self, captions: List[str], device, do_classifier_free_guidance: bool):
@@ -689,13 +728,14 @@ class SLIMPipeline(DiffusionPipeline):
         callback_on_step_end: Optional[Callable[["SLIMPipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         max_caption_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        rate: Optional[float] = None,
     ):
         """Compress then decompress: the images a machine at the other end of the link would see.
 
         The arguments are those of :meth:`compress` and :meth:`decompress`. Returns the decoded images, the
         bitstreams and the bits per pixel of each (from the bytes of the whole ``.slim`` file).
         """
-        bitstreams = self.compress(images, captions, max_caption_tokens=max_caption_tokens)
+        bitstreams = self.compress(images, captions, max_caption_tokens=max_caption_tokens, rate=rate)
         images = self.decompress(
             bitstreams,
             num_inference_steps=num_inference_steps,

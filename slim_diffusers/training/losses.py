@@ -14,7 +14,7 @@ the one-step estimate is what the decoder's first step sees and keeps gradients 
 """
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,22 +25,42 @@ from ..models.controlnet import controlled_noise_prediction
 
 @dataclass
 class LossWeights:
-    """The λs of the objective. Stage 1 ignores ``roi`` and ``task``."""
+    """The λs of the objective. Stage 1 ignores ``roi`` and ``task``.
+
+    ``rate_levels``: a variable-rate model's λr per rate level (level 0 first: the largest λr, the fewest bits);
+    each sample's rate term is weighted by the λr of the level it was coded at, and ``rate`` is unused."""
 
     rate: float = 1.0
     guide: float = 1.0
     diffusion: float = 1.0
     roi: float = 1.0
     task: float = 0.1
+    rate_levels: Optional[Tuple[float, ...]] = None
 
     def as_dict(self) -> Dict[str, float]:
-        return asdict(self)
+        values = asdict(self)
+        if self.rate_levels is None:
+            values.pop("rate_levels")
+        else:
+            values.pop("rate")
+        return values
 
 
 def rate_bpp(likelihoods: Dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
     """Rate in bits per image pixel: ``-Σ log2(likelihoods) / pixels`` over the batch."""
     bits = sum(-torch.log2(lik).sum() for lik in likelihoods.values())
     return bits / num_pixels
+
+
+def variable_rate_term(likelihoods: Dict[str, torch.Tensor], pixels_per_image: int, weights: LossWeights,
+                       rate: Optional[torch.Tensor]) -> torch.Tensor:
+    """``λr·R`` of a variable-rate model's objective: the mean over the batch of each image's bits per pixel weighted
+    by the λr of its level (``rate``: the level of each image; ``weights.rate_levels``: λr per level)."""
+    if rate is None:
+        raise ValueError("a variable-rate objective needs the rate level of each image")
+    bits = sum(-torch.log2(lik).flatten(1).sum(dim=1) for lik in likelihoods.values())
+    lambdas = torch.tensor(weights.rate_levels, dtype=bits.dtype, device=bits.device)[rate.long().to(bits.device)]
+    return (lambdas * bits / pixels_per_image).mean()
 
 
 def guide_loss(latents: torch.Tensor, latents_hat: torch.Tensor, roi_mask: torch.Tensor) -> torch.Tensor:
@@ -82,6 +102,7 @@ def slim_losses(
     classifier_preprocess=None,
     lpips_model=None,
     generator: Optional[torch.Generator] = None,
+    rate: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """All loss terms for one batch, and their weighted sum under ``"loss"``.
 
@@ -95,18 +116,20 @@ def slim_losses(
         stage: 1 or 2.
         labels, classifier, classifier_preprocess, lpips_model: stage 2 only. ``classifier_preprocess``
             maps decoded images in [0, 1] to the classifier's input.
+        rate: variable-rate models only: the rate level of each image, ``(B,)`` (training draws them).
     """
     with torch.no_grad():
         latents = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
     # the codec trains in its own precision (float32) whatever the frozen models' precision or an enclosing autocast,
     # as it codes: the rate sums -log2 of tens of thousands of likelihoods, which bfloat16 would round to 3 digits
     with torch.autocast(latents.device.type, enabled=False):
-        coded = run_codec(model.compressor, model.decompressor, latents.to(model.compressor.dtype))
+        coded = run_codec(model.compressor, model.decompressor, latents.to(model.compressor.dtype), rate)
     latents_hat = coded.latents
     mask_latent = resize_mask(roi_mask, latents.shape[-2:]).to(latents_hat.dtype)
 
+    pixels_per_image = pixels.shape[-2] * pixels.shape[-1]
     terms = {
-        "rate_bpp": rate_bpp(coded.likelihoods, pixels.shape[0] * pixels.shape[-2] * pixels.shape[-1]),
+        "rate_bpp": rate_bpp(coded.likelihoods, pixels.shape[0] * pixels_per_image),
         "guide_loss": guide_loss(latents.to(latents_hat.dtype), latents_hat, mask_latent),
     }
 
@@ -120,7 +143,11 @@ def slim_losses(
     prediction = controlled_noise_prediction(model.unet, model.controlnet, noisy, timesteps, prompt_embeds, latents_hat)
     terms["diffusion_loss"] = F.mse_loss(prediction.float(), diffusion_target(scheduler, latents, noise, timesteps).float())
 
-    loss = weights.rate * terms["rate_bpp"] + weights.guide * terms["guide_loss"] + weights.diffusion * terms["diffusion_loss"]
+    if weights.rate_levels is None:  # the fixed-rate objective, computed as it always was
+        weighted_rate = weights.rate * terms["rate_bpp"]
+    else:
+        weighted_rate = variable_rate_term(coded.likelihoods, pixels_per_image, weights, rate)
+    loss = weighted_rate + weights.guide * terms["guide_loss"] + weights.diffusion * terms["diffusion_loss"]
 
     if stage == 2:
         if classifier is None or lpips_model is None or labels is None:

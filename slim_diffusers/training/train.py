@@ -24,7 +24,6 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..utils.distributed import use_cpu_workers
-from .losses import LossWeights
 from .training_utils import (
     EpochSampler,
     SLIMTrainingModule,
@@ -33,7 +32,9 @@ from .training_utils import (
     load_pipeline,
     load_training_dataset,
     log_validation,
+    loss_weights,
     make_transform,
+    make_variable_rate,
     resolve_checkpoint,
     exact_decompressor,
     save_checkpoint,
@@ -75,7 +76,9 @@ def parse_args(stage: int, argv=None):
     p.add_argument("--logging_dir", default="logs")
     p.add_argument("--validation_steps", type=int, default=1000)
     p.add_argument("--dataloader_num_workers", type=int, default=0)
-    p.add_argument("--lambda_rate", type=float, default=1.0, help="λr")
+    p.add_argument("--lambda_rate", type=float, nargs="+", default=[1.0],
+                   help="λr; several values train one variable-rate model with a rate level per value (level 0: the "
+                   "largest λr, the fewest bits), each training image coded at a level drawn at random")
     p.add_argument("--lambda_guide", type=float, default=1.0, help="λg")
     p.add_argument("--lambda_diffusion", type=float, default=1.0, help="λd")
     p.add_argument("--lambda_roi", type=float, default=1.0, help="λroi (stage 2)")
@@ -118,6 +121,14 @@ def main(stage: int, argv=None) -> int:
     resume = resolve_checkpoint(output_dir, args.resume_from_checkpoint)  # before any model loads
 
     pipe = load_pipeline(args.pretrained_model_name_or_path)
+    weights = loss_weights(args)
+    if weights.rate_levels is not None:
+        make_variable_rate(pipe, weights.rate_levels)
+    elif pipe.decompressor.num_rate_levels:
+        raise ValueError(
+            f"{args.pretrained_model_name_or_path} is a variable-rate model with {pipe.decompressor.num_rate_levels} rate "
+            "levels: give one --lambda_rate value per level"
+        )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (pipe.vae, pipe.unet, pipe.text_encoder):
         frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
@@ -169,7 +180,6 @@ def main(stage: int, argv=None) -> int:
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
         raise ValueError(f"the dataset has fewer than {args.train_batch_size} training images per process")
-    weights = LossWeights(args.lambda_rate, args.lambda_guide, args.lambda_diffusion, args.lambda_roi, args.lambda_task)
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers(f"slim-stage{stage}", config={k: v for k, v in vars(args).items()
                                                                if isinstance(v, (int, float, str, bool))})
@@ -202,10 +212,15 @@ def main(stage: int, argv=None) -> int:
                 # from (seed, step, process) alone, so a resumed run draws exactly what an uninterrupted one would
                 step_seed = args.seed * 1_000_003 + global_step * 7919 + accelerator.process_index
                 torch.manual_seed(step_seed)
+                generator = torch.Generator().manual_seed(step_seed)
+                # a variable-rate model codes each image at a level drawn from the step's generator, first
+                rate = None
+                if weights.rate_levels is not None:
+                    rate = torch.randint(len(weights.rate_levels), (batch["pixels"].shape[0],), generator=generator)
                 embeds = unwrapped.encode_captions(batch["caption"], accelerator.device, weight_dtype)
                 terms = model(batch["pixels"].to(accelerator.device, weight_dtype), batch["roi_mask"].to(accelerator.device),
                               embeds, weights, stage=stage, labels=batch["label"].to(accelerator.device),
-                              generator=torch.Generator().manual_seed(step_seed), **stage2)
+                              generator=generator, rate=rate, **stage2)
                 aux_loss = unwrapped.decompressor.aux_loss()
                 accelerator.backward(terms["loss"] + aux_loss)
                 if accelerator.sync_gradients:
@@ -235,7 +250,8 @@ def main(stage: int, argv=None) -> int:
         save_pipeline(unwrapped, output_dir, args.unet_lora_rank > 0, decompressor=exact)
         write_model_card(args, output_dir, metrics, global_step)
         (output_dir / "training_state.json").write_text(json.dumps(
-            {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics}, indent=2))
+            {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics,
+             "rate_levels": weights.rate_levels}, indent=2))
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 

@@ -140,6 +140,43 @@ class SLIMTrainingModule(nn.Module):
         return pipe
 
 
+def make_variable_rate(pipe, lambdas) -> None:
+    """Give ``pipe`` (a :class:`~slim_diffusers.SLIMPipeline` about to be trained) one rate level per λr of ``lambdas``.
+
+    A fixed-rate compressor and decompressor (a new SLIM, or a trained fixed-rate one to start from) are replaced by
+    variable-rate copies with the same weights and new gain vectors, spaced for these λr
+    (:func:`~slim_diffusers.models.rate_gains.initial_log_step`); a variable-rate pair with as many levels is kept
+    (stage 2 starting from a variable-rate stage 1). The conversion is deterministic, so a resumed run rebuilds the
+    model its checkpoint was saved from."""
+    from ..models.compressor import SLIMCompressor
+    from ..models.decompressor import SLIMDecompressor
+    from ..models.rate_gains import RateGains, initial_log_step
+
+    levels = len(lambdas)
+    have = (pipe.compressor.num_rate_levels, pipe.decompressor.num_rate_levels)
+    if have == (levels, levels):
+        return
+    if any(have):
+        raise ValueError(
+            f"the model has {max(have)} rate levels, but --lambda_rate gives {levels} values; give one λr per level"
+        )
+    if pipe.decompressor.exact_entropy_model:
+        raise ValueError("an exact (integer) entropy model does not train: start from the float model it was converted from")
+    step = initial_log_step(lambdas)
+    made = []
+    for old, cls, gains in ((pipe.compressor, SLIMCompressor, "rate_gains"),
+                            (pipe.decompressor, SLIMDecompressor, "rate_inverse_gains")):
+        options = {k: v for k, v in old.config.items() if not k.startswith("_")}
+        new = cls(**{**options, "num_rate_levels": levels})
+        missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+        if unexpected or any(not k.startswith(gains + ".") for k in missing):
+            raise RuntimeError(f"could not carry the {cls.__name__} weights over: {unexpected or missing}")
+        setattr(new, gains, RateGains(levels, options["latent_codec_channels"], log_step=step,
+                                      inverse=gains == "rate_inverse_gains"))
+        made.append(new.to(old.device, old.dtype))
+    pipe.register_modules(compressor=made[0], decompressor=made[1])
+
+
 def load_pipeline(path: str):
     """A saved SLIM pipeline (stage 2 starts from stage 1's output), or a new SLIM from a Stable Diffusion checkpoint."""
     from ..pipelines.pipeline_slim import SLIMPipeline
@@ -300,22 +337,29 @@ def log_validation(module: SLIMTrainingModule, val_ds, accelerator, weights: Los
     for m in (*trained, pipe.decompressor):
         m.eval()
     pipe.decompressor.update(force=True)
+    levels = pipe.num_rate_levels
     try:
         batch = collate([val_ds[i] for i in range(len(val_ds))])
         pixels = batch["pixels"].to(accelerator.device, weight_dtype)
         embeds = module.encode_captions(batch["caption"], accelerator.device, weight_dtype)
+        # a variable-rate model's images take the levels in turn
+        rate = torch.arange(len(val_ds)) % levels if levels else None
         with accelerator.autocast():  # the precision the training steps run in (accelerate autocasts the prepared model)
             terms = slim_losses(pipe, pixels, batch["roi_mask"].to(accelerator.device), embeds, weights, stage=stage,
                                 labels=batch["label"].to(accelerator.device),
-                                generator=torch.Generator().manual_seed(seed), **stage2)
-        images = ((batch["pixels"] + 1) / 2).clamp(0, 1)
-        bitstreams = pipe.compress(list(images), captions=batch["caption"])
+                                generator=torch.Generator().manual_seed(seed), rate=rate, **stage2)
+        images = list(((batch["pixels"] + 1) / 2).clamp(0, 1))
+        # bits per pixel from real bytes: every image at every level of a variable-rate model
+        coded = {level: pipe.compress(images, captions=batch["caption"], rate=level) for level in range(levels)} or {
+            None: pipe.compress(images, captions=batch["caption"])}
     finally:
         for m in trained:
             m.train()
     metrics = {f"val/{k}": float(v) for k, v in terms.items()}
-    metrics["val/bpp"] = float(np.mean([bs.bits_per_pixel for bs in bitstreams]))
-    metrics["val/bytes"] = float(np.mean([bs.num_bytes for bs in bitstreams]))
+    for level, bitstreams in coded.items():
+        suffix = "" if level is None else f"_rate{level}"
+        metrics[f"val/bpp{suffix}"] = float(np.mean([bs.bits_per_pixel for bs in bitstreams]))
+        metrics[f"val/bytes{suffix}"] = float(np.mean([bs.num_bytes for bs in bitstreams]))
     accelerator.log(metrics, step=step)
     logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
@@ -359,6 +403,25 @@ def save_pipeline(module: SLIMTrainingModule, output_dir: Path, has_lora: bool, 
 
 
 # ----------------------------------------------------------------------------------------------- cards
+def loss_weights(args) -> LossWeights:
+    """The λs the training flags give; several ``--lambda_rate`` values make a variable-rate objective."""
+    from ..models.rate_gains import level_lambdas
+
+    lambdas = list(args.lambda_rate) if isinstance(args.lambda_rate, (list, tuple)) else [args.lambda_rate]
+    levels = tuple(level_lambdas(lambdas)) if len(lambdas) > 1 else None
+    return LossWeights(lambdas[0] if levels is None else levels[-1], args.lambda_guide, args.lambda_diffusion,
+                       args.lambda_roi, args.lambda_task, rate_levels=levels)
+
+
+def rate_levels_text(args) -> str:
+    """The model card's line on rates: one λr, or the trained levels and the λr of each."""
+    levels = loss_weights(args).rate_levels
+    if levels is None:
+        return "one fixed rate (λr above); the model codes at that rate only"
+    listed = ", ".join(f"{i}: λr={v:g}" for i, v in enumerate(levels))
+    return (f"variable rate, {len(levels)} trained levels ({listed}); `pipe.compress(image, rate=r)` with r from 0 "
+            f"(the fewest bits) to {len(levels) - 1}, fractions interpolating; `.slim` version 3 files carry the rate")
+
 def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
     """``README.md`` of the output from ``hub_cards/model_card.md``. The YAML header is written by
     ``huggingface_hub.ModelCardData``; ``base_model`` and ``datasets`` name Hub ids only (a local path is not
@@ -384,8 +447,8 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
         dataset=dataset,
         stage=args.stage,
         steps=global_step,
-        lambdas=", ".join(f"λ{k}={v}" for k, v in LossWeights(
-            args.lambda_rate, args.lambda_guide, args.lambda_diffusion, args.lambda_roi, args.lambda_task).as_dict().items()),
+        lambdas=", ".join(f"λ{k}={v}" for k, v in loss_weights(args).as_dict().items() if k != "rate_levels"),
+        rate_levels=rate_levels_text(args),
         roi="off (w/o RoI ablation)" if args.no_roi else "Grad-CAM RoI masks",
         lora=args.unet_lora_rank or "none",
         format_version="2 (exact integer entropy model)" if getattr(args, "exact_entropy_model", False)

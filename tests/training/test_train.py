@@ -165,22 +165,77 @@ def test_stage2_with_lora_runs_and_reloads(setup, tmp_path):
 
 def test_two_process_launch(setup):
     # `accelerate launch --cpu` starts one process; two CPU workers come from a multi-process launch on a
-    # machine without CUDA, which the script joins over gloo
+    # machine without CUDA, which the script joins over gloo. The model is variable-rate: each process draws its
+    # images' levels, and the gain vectors are synchronised like every other parameter
     out = setup / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
            STAGE1, "--pretrained_model_name_or_path", str(setup / "model"), "--train_data_dir", str(setup / "data"),
            "--output_dir", str(out), "--resolution", "64", "--train_batch_size", "2", "--num_validation_images", "2",
-           "--report_to", "none", "--max_train_steps", "2", "--validation_steps", "2", "--checkpointing_steps", "2"]
+           "--report_to", "none", "--max_train_steps", "2", "--validation_steps", "2", "--checkpointing_steps", "2",
+           "--lambda_rate", "2", "0.5"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     state = __import__("json").loads((out / "training_state.json").read_text())
-    assert state["num_processes"] == 2 and state["global_step"] == 2
+    assert state["num_processes"] == 2 and state["global_step"] == 2 and state["rate_levels"] == [2.0, 0.5]
     # both processes hold a shard of the data loader state and their own RNG state in the checkpoint
     assert {p.name for p in (out / "checkpoint-2").glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     pipe = SLIMPipeline.from_pretrained(out)
     assert pipe.decompressor.is_ready_to_code
+
+
+def test_variable_rate_training_resumes_and_continues_into_stage_2(setup, tmp_path):
+    import json
+
+    levels = ("--lambda_rate", "0.5", "2")  # in any order: level 0 is the largest λr
+    reference = tmp_path / "vr-reference"
+    run(STAGE1, setup, reference, "--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "4",
+        *levels)
+    state = json.loads((reference / "training_state.json").read_text())
+    assert state["rate_levels"] == [2.0, 0.5]
+    assert {"val/bpp_rate0", "val/bpp_rate1", "val/bytes_rate0", "val/bytes_rate1"} <= set(state["metrics"])
+    assert "variable rate, 2 trained levels (0: λr=2, 1: λr=0.5)" in (reference / "README.md").read_text()
+
+    # an interrupted run (stopped after its checkpoint at step 2) resumes to the same weights, gains included
+    resumed = tmp_path / "vr-resumed"
+    run(STAGE1, setup, resumed, "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "0",
+        *levels)
+    run(STAGE1, setup, resumed, "--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "0",
+        "--resume_from_checkpoint", "latest", *levels)
+    for component, gains in (("compressor", "rate_gains.log_gains"), ("decompressor", "rate_inverse_gains.log_gains")):
+        a, b = weights(reference, component), weights(resumed, component)
+        assert gains in a
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{component}.{key}")
+
+    pipe = SLIMPipeline.from_pretrained(reference)
+    pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.new("RGB", (64, 64), (200, 40, 40))
+    assert pipe.num_rate_levels == 2
+    assert [bs.rate for bs in (pipe.compress(image, captions="x", rate=0)[0], pipe.compress(image, captions="x")[0])] == [0, 1]
+
+    # stage 2 continues the variable-rate model; a single λr for it is refused with a sentence
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                              num_labels=2)).save_pretrained(tmp_path / "classifier")
+    stage2 = ["--classifier_name_or_path", str(tmp_path / "classifier"), "--lpips_net", "alex", "--lpips_random_init",
+              "--max_train_steps", "2", "--validation_steps", "0"]
+    cmd = [sys.executable, STAGE2, "--pretrained_model_name_or_path", str(reference), "--train_data_dir",
+           str(setup / "data"), "--resolution", "64", "--train_batch_size", "2", "--num_validation_images", "2",
+           "--report_to", "none", *stage2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run([*cmd, "--output_dir", str(tmp_path / "s2-one-rate")], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode != 0 and "give one --lambda_rate value per level" in refused.stderr
+    done = subprocess.run([*cmd, "--output_dir", str(tmp_path / "s2"), *levels], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert SLIMPipeline.from_pretrained(tmp_path / "s2").num_rate_levels == 2
+    assert not torch.equal(weights(reference, "compressor")["rate_gains.log_gains"],
+                           weights(tmp_path / "s2", "compressor")["rate_gains.log_gains"])
 
 
 def test_model_card_names_hub_ids_in_its_metadata_and_local_paths_in_its_text(tmp_path):
