@@ -337,7 +337,7 @@ def _cmd_convert_exact(args) -> int:
     exact = convert_pipeline_folder(model.location, None if args.in_place else args.output_dir, images, force=args.force)
     where = Path(model.location if args.in_place else args.output_dir)
     print(f"{where}: exact integer entropy model {exact.fingerprint().hex()} (calibrated on {len(images)} images); "
-          "its files are .slim version 2")
+          f"its files are .slim version {3 if exact.num_rate_levels else 2}")
     return 0
 
 
@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-exact", parents=[common],
                        help="convert a model's entropy model into an exact integer one (bit-identical decoding "
-                       "on every device; writes .slim version 2)")
+                       "on every device; writes .slim version 2, or 3 for a variable-rate model)")
     p.add_argument("model", help=f"a folder written by SLIMPipeline.save_pretrained, or `{BUNDLED_MODEL}`")
     p.add_argument("output_dir", nargs="?", default=None, help="folder for the converted copy of the model")
     p.add_argument("--in-place", dest="in_place", action="store_true", help="replace the model's decompressor instead")

@@ -72,9 +72,15 @@ def test_version_3_carries_the_rate_and_older_versions_are_unchanged():
         SLIMBitstream(**base, rate=0.3)
     with pytest.raises(SLIMBitstreamError, match="cannot carry a rate"):
         SLIMBitstream(**base, rate=1.0, version=2)
-    # version 3 without the flag: a file of one rate (legal; fixed-rate models still write versions 1 and 2)
-    plain = SLIMBitstream(**base, version=3)
-    assert SLIMBitstream.from_bytes(plain.to_bytes()) == plain and plain.rate is None
+    with pytest.raises(SLIMBitstreamError, match="rate must be a number"):
+        SLIMBitstream(**base, rate="high")
+    # version 3 is the variable-rate format: a version 3 file always carries a rate
+    with pytest.raises(SLIMBitstreamError, match="give the rate"):
+        SLIMBitstream(**base, version=3)
+    body = bytearray(SLIMBitstream(**base, rate=1.0).to_bytes()[:-4])
+    no_rate = bytes(body[:5]) + b"\x00" + bytes(body[7:])  # flag and rate field removed
+    with pytest.raises(SLIMBitstreamError, match="version 3 file without the variable-rate flag"):
+        SLIMBitstream.from_bytes(with_crc(no_rate))
 
 
 def test_crafted_rate_fields_are_refused():

@@ -1,9 +1,12 @@
-"""Few-step decoding on toy world v2: top-1 at the two lowest rates for 1, 2, 4, 10 and 20 denoising steps and three
+"""Few-step decoding on toy world v2: top-1 at several rates for 1, 2, 4, 10 and 20 denoising steps and three
 strengths, with 95 % intervals, through the evaluation harness (real bytes; every decoder reads the same files).
 
     .venv/bin/python benchmarks/toy/few_step.py --work-dir outputs/toy-v2 --num-images 300
+    .venv/bin/python benchmarks/toy/few_step.py --models per-lambda     # the per-λ models' two lowest rates
 
-Needs a finished ``run_toy.py`` work directory (its SLIM models, classifiers and test set). ``strength`` is how far
+Needs a finished ``variable_rate.py`` work directory (its variable-rate model at ``--rates``, default the levels of the
+four per-λ rate weights; or, with ``--models per-lambda``, ``run_toy.py``'s models), its classifiers and test set.
+``strength`` is how far
 ẑ is noised before denoising (1: from pure noise; the toy run decodes at 0.5); ``k`` steps are run, on a schedule
 of ``round(k / strength)`` steps of which the last ``k`` are kept. Rows are cached under
 ``WORK_DIR/few_step`` (an interrupted run resumes); results go to ``benchmarks/toy/results/few_step.{json,md}``.
@@ -46,16 +49,27 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", type=Path, default=run_toy.REPO / "outputs" / "toy-v2")
     parser.add_argument("--num-images", type=int, default=300, help="the first N images of the run's test set")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--models", choices=["variable-rate", "per-lambda"], default="variable-rate",
+                        help="the variable-rate model of variable_rate.py, or run_toy.py's per-λ models")
+    parser.add_argument("--rates", type=float, nargs="+", default=[0, 2, 4, 6],
+                        help="the variable-rate model's rates (default: the levels of λr 16, 4, 1 and 0.25)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     cfg = run_toy.ToyConfig()
-    rates = sorted(cfg.rate_points)[-2:]  # the highest λr: the lowest rates
-    pipes = {run_toy.rate_label(r): run_toy.load_pipeline(args.work_dir / "slim" / f"stage2-lr{r:g}") for r in rates}
+    rates = {}
+    if args.models == "per-lambda":
+        lowest = sorted(cfg.rate_points)[-2:]  # the highest λr: the lowest rates
+        pipes = {run_toy.rate_label(r): run_toy.load_pipeline(args.work_dir / "slim" / f"stage2-lr{r:g}") for r in lowest}
+    else:
+        from slim_diffusers.evaluation.codecs import slim_rate_points
+
+        vr = run_toy.load_pipeline(args.work_dir / "slim" / "vr-stage2")
+        pipes, rates = slim_rate_points({"vr": vr}, args.rates)
     any_pipe = next(iter(pipes.values()))
     once = run_toy.EncodeOnce()
     names = {(s, k): f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}" for s in STRENGTHS for k in STEPS}
     codecs = [once.share(SLIMCodec(pipes, name=name, seed=0, num_inference_steps=schedule_length(any_pipe, k, s),
-                                   strength=s))
+                                   strength=s, rates=rates))
               for (s, k), name in names.items()]
     classifiers = [Classifier.from_pretrained(str(args.work_dir / "foundation" / name), name=name)
                    for name in run_toy.CLASSIFIERS]
@@ -65,13 +79,16 @@ def main(argv=None) -> int:
                    num_samples=args.num_images, batch_size=cfg.eval_batch)
     seconds = time.perf_counter() - t0
     results = {"images": args.num_images, "steps": STEPS, "strengths": STRENGTHS, "classifiers": run_toy.CLASSIFIERS,
+               "models": args.models, "rates": rates,
                "seconds_this_call": round(seconds, 1), "date": time.strftime("%Y-%m-%d"), "accuracy": {}}
     # the first N images only: the cache may hold rows of a longer earlier run
     rows = [r for r in latest_rows(args.work_dir / "few_step") if r["index"] < args.num_images]
+    rows = [r for r in rows if r["rate_point"] in pipes]  # the cache may hold another --models run's rows
     for codec in codecs:
         for point in codec.rate_points:
             mine = [r for r in rows if r["codec"] == codec.name and r["rate_point"] == point]
-            entry = {"decode_seconds_per_image": sum(r["decode_seconds"] for r in mine) / len(mine)}
+            entry = {"decode_seconds_per_image": sum(r["decode_seconds"] for r in mine) / len(mine),
+                     "mean_bpp": sum(r["bpp"] for r in mine) / len(mine)}
             entry.update({clf: run_toy.claims.accuracy_of(mine, codec.name, point, clf) for clf in run_toy.CLASSIFIERS})
             results["accuracy"].setdefault(point, {})[codec.name] = entry
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +97,8 @@ def main(argv=None) -> int:
              "Top-1 (%) with 95 % Wilson intervals; ResNet / ResNet-B; decode seconds per image (batches of "
              f"{cfg.eval_batch}, 2 threads).", ""]
     for point, by_codec in results["accuracy"].items():
-        lines += [f"## {point}", "", "| strength | steps | ResNet top-1 | ResNet-B top-1 | decode s/image |",
+        bpp = next(iter(by_codec.values()))["mean_bpp"]
+        lines += [f"## {point} ({bpp:.4f} bpp)", "", "| strength | steps | ResNet top-1 | ResNet-B top-1 | decode s/image |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
         for (s, k), name in names.items():
             e = by_codec[name]

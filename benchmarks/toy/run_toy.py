@@ -397,9 +397,12 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, learned: dict, timi
 
 
 # -------------------------------------------------------------------------------------------------- export
-def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
-    """Bundle SLIM's highest rate point (the lowest λr: the most accurate), the toy classifier and one test image per
-    class into the package."""
+def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Path] = None,
+                   demo: Optional[dict] = None, trained_as: Optional[str] = None, decode: Optional[dict] = None) -> None:
+    """Bundle a SLIM model, the toy classifier and one test image per class into the package: by default SLIM's
+    highest rate point (the lowest λr: the most accurate); ``model``, ``demo`` (what ``demo.json`` records besides
+    the decoding settings) and ``trained_as`` (how the asset README describes its training) bundle another; ``decode``
+    replaces the run's decoding settings."""
     import datasets
 
     assets = REPO / "slim_diffusers" / "assets"
@@ -409,14 +412,15 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
     from slim_diffusers.training.convert_exact import convert_pipeline_folder, toy_world_images
 
     rate = min(cfg.rate_points)
-    pipe = load_pipeline(models["roi"][rate])
+    if model is None:
+        model, demo, trained_as = models["roi"][rate], {"lambda_r": rate}, f"at λr = {rate:g}, its highest rate"
+    pipe = load_pipeline(model)
     pipe.save_pretrained(target / "slim", safe_serialization=True)
     # the bundled model decodes bit-exactly on every device: its entropy model converted to integers
     convert_pipeline_folder(target / "slim", None, toy_world_images(32, size=IMAGE_SIZE))
     shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
-    (target / "demo.json").write_text(json.dumps(
-        {"lambda_r": rate, "decode": dict(cfg.decode)}, indent=2) + "\n")
-    write_asset_readme(target, rate)
+    (target / "demo.json").write_text(json.dumps({**demo, "decode": dict(decode or cfg.decode)}, indent=2) + "\n")
+    write_asset_readme(target, trained_as)
     images = assets / "images"
     for old in images.glob("*.png"):
         old.unlink()
@@ -429,13 +433,13 @@ def export_default(work: Path, cfg: ToyConfig, models: dict) -> None:
         "now run tests/golden/update_golden.py and commit the new golden files")
 
 
-def write_asset_readme(target: Path, rate: float) -> None:
+def write_asset_readme(target: Path, trained_as: str) -> None:
     (target / "README.md").write_text(f"""# Bundled toy SLIM model
 
 What `slim demo` (`make demo`) runs offline. Written by `python benchmarks/toy/run_toy.py --export`.
 
-- `slim/`: a `SLIMPipeline` (safetensors, with the exact integer entropy model: `.slim` version 2) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
-  20 classes = 5 kinds × 4 markings, captions that name the kind only) at λr = {rate:g}, its highest rate:
+- `slim/`: a `SLIMPipeline` (safetensors, with the exact integer entropy model: its files decode bit-exactly on every device) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
+  20 classes = 5 kinds × 4 markings, captions that name the kind only) {trained_as}:
   compressor, decompressor and control module trained by `training/train_stage1.py` and `train_stage2.py`;
   VAE, UNet and CLIP text encoder are the toy stand-ins for Stable Diffusion 2.1 trained by
   `benchmarks/toy/foundation.py`.

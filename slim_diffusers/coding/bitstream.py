@@ -9,7 +9,8 @@ Byte layout (integers little-endian, ``uvarint`` = unsigned LEB128, at most 5 by
     5       1         versions 2 and 3: flags
                         bit 0  the payload needs an exact (integer) entropy model
                                (``SLIMDecompressor(exact_entropy_model=True)``)
-                        bit 1  variable rate: a rate field follows the flags (version 3 only)
+                        bit 1  variable rate: a rate field follows the flags (version 3 only, where it
+                               is always set)
                         bits 2–7 reserved, zero
             uvarint   version 3 with flag bit 1 only: the rate, in 1/16 of a rate level (0 … 4095: levels
                       0 … 255.9375), at which a variable-rate model coded the payload
@@ -234,10 +235,15 @@ class SLIMBitstream:
             raise SLIMBitstreamError(f"unsupported .slim format version {self.version}")
         if self.version == 1 and self.exact_entropy_model:
             raise SLIMBitstreamError(".slim version 1 cannot mark an exact entropy model; use version 2")
+        if self.version == 3 and self.rate is None:
+            raise SLIMBitstreamError(".slim version 3 is the format of variable-rate files: give the rate")
         if self.rate is not None:
             if self.version < 3:
                 raise SLIMBitstreamError(f".slim version {self.version} cannot carry a rate; use version 3")
-            units = float(self.rate) * RATE_STEPS
+            try:
+                units = float(self.rate) * RATE_STEPS
+            except (TypeError, ValueError):
+                raise SLIMBitstreamError(f"rate must be a number (a rate level), got {self.rate!r}") from None
             if not (0 <= units <= MAX_RATE_UNITS and units == int(units)):
                 raise SLIMBitstreamError(
                     f"rate must be a multiple of 1/{RATE_STEPS} in 0…{MAX_RATE_UNITS / RATE_STEPS}, got {self.rate!r}"
@@ -325,6 +331,10 @@ class SLIMBitstream:
                     f"unsupported .slim flags 0x{flags:02x} (this slim-diffusers knows 0x{KNOWN_FLAGS[version]:02x} in "
                     f"version {version}); upgrade slim-diffusers"
                 )
+        if version == 3 and not flags & FLAG_VARIABLE_RATE:
+            raise SLIMBitstreamError(
+                "corrupt .slim data: a version 3 file without the variable-rate flag (bit 1); version 3 files carry a rate"
+            )
         rate = None
         if flags & FLAG_VARIABLE_RATE:
             units, pos = read_uvarint(body, pos, "rate")

@@ -77,6 +77,8 @@ def slim_rate_points(pipelines: Mapping[str, Any], rates: Optional[Sequence[floa
         for rate in rates if rates is not None else range(levels):
             value = pipe.resolve_rate(rate)
             key = f"rate={value:g}" if len(pipelines) == 1 else f"{label} rate={value:g}"
+            if key in points:
+                raise ValueError(f"rate {rate} is rate {value:g} (rates are rounded to 1/16 of a level), given twice")
             points[key], point_rates[key] = pipe, value
     return points, point_rates
 

@@ -59,7 +59,8 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
             channel-group context networks.
         exact_entropy_model (`bool`, defaults to `False`): the entropy parameters (``h_s``, channel and
             checkerboard contexts, parameter aggregation) are computed by integer networks, bit-identically on
-            every device; files it writes are ``.slim`` version 2. Build one from a trained float model with
+            every device; files it writes are ``.slim`` version 2 (3 for a variable-rate model), flag bit 0.
+            Build one from a trained float model with
             :meth:`convert_to_exact_entropy_model`; it does not train.
         num_rate_levels (`int`, defaults to 0): ``0`` for a model trained at one rate; ``L ≥ 2`` for a variable-rate
             model (the compressor's must match), whose inverse gains
@@ -167,7 +168,7 @@ class SLIMDecompressor(ModelMixin, ConfigMixin):
     # -------------------------------------------------------------------------------- exact entropy model
     @property
     def exact_entropy_model(self) -> bool:
-        """Whether the entropy parameters are computed by integer networks (``.slim`` version 2 files)."""
+        """Whether the entropy parameters are computed by integer networks (``.slim`` flag bit 0)."""
         return bool(self.config.get("exact_entropy_model", False))
 
     @torch.no_grad()

@@ -24,6 +24,8 @@ from torch import nn
 # before coding, so that the sender and the receiver use the same gains.
 from ..coding.bitstream import RATE_STEPS
 
+MAX_LEVELS = 256  # the .slim rate field holds levels 0 … 255.9375
+
 
 def quantize_rate(rate: float) -> float:
     """The nearest rate a ``.slim`` file can carry (a multiple of ``1 / RATE_STEPS``)."""
@@ -44,8 +46,8 @@ class RateGains(nn.Module):
 
     def __init__(self, num_levels: int, channels: int, log_step: float = math.log(2) / 2, inverse: bool = False):
         super().__init__()
-        if num_levels < 2:
-            raise ValueError(f"a variable-rate codec has at least 2 rate levels, got {num_levels}")
+        if not 2 <= num_levels <= MAX_LEVELS:
+            raise ValueError(f"a variable-rate codec has 2 to {MAX_LEVELS} rate levels, got {num_levels}")
         levels = torch.arange(num_levels, dtype=torch.float32) - (num_levels - 1)
         log_gains = (-1 if inverse else 1) * log_step * levels
         self.log_gains = nn.Parameter(log_gains[:, None].repeat(1, channels).contiguous())
@@ -62,7 +64,8 @@ class RateGains(nn.Module):
     def forward(self, rate: Union[float, torch.Tensor], batch: Optional[int] = None) -> torch.Tensor:
         """The gains for ``rate`` (a number, or one rate per item), shaped ``(B, C, 1, 1)`` to multiply ``y``."""
         self.check_rate(rate)
-        rate = torch.as_tensor(rate, dtype=torch.float64, device=self.log_gains.device).reshape(-1)
+        # float32 holds every rate the header can carry (multiples of 1/16 below 256) exactly
+        rate = torch.as_tensor(rate, dtype=torch.float32).reshape(-1).to(self.log_gains.device)
         if batch is not None and rate.numel() == 1:
             rate = rate.expand(batch)
         low = rate.floor().clamp(max=self.num_levels - 2).long()
@@ -76,6 +79,8 @@ def level_lambdas(lambdas: Sequence[float]) -> list:
     values = [float(v) for v in lambdas]
     if len(set(values)) != len(values) or any(v <= 0 for v in values):
         raise ValueError(f"the rate levels' λr must be positive and distinct, got {values}")
+    if len(values) > MAX_LEVELS:
+        raise ValueError(f"at most {MAX_LEVELS} rate levels, got {len(values)}")
     return sorted(values, reverse=True)
 
 

@@ -466,7 +466,7 @@ class SLIMPipeline(DiffusionPipeline):
             captions = [captions] * len(images)
 
         fingerprint = self.decompressor.fingerprint()
-        exact = self.decompressor.exact_entropy_model  # exact models write version 2 files
+        exact = self.decompressor.exact_entropy_model  # the file records it (versions 2 and 3)
         bitstreams = []
         for image, caption, latent in zip(images, captions, self.encode_images(images)):
             h, w = image_size(image)

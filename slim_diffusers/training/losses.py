@@ -58,6 +58,9 @@ def variable_rate_term(likelihoods: Dict[str, torch.Tensor], pixels_per_image: i
     by the λr of its level (``rate``: the level of each image; ``weights.rate_levels``: λr per level)."""
     if rate is None:
         raise ValueError("a variable-rate objective needs the rate level of each image")
+    rate = torch.as_tensor(rate)
+    if rate.is_floating_point() and not torch.equal(rate, rate.round()):
+        raise ValueError("training codes every image at a trained level: the rate levels must be whole numbers")
     bits = sum(-torch.log2(lik).flatten(1).sum(dim=1) for lik in likelihoods.values())
     lambdas = torch.tensor(weights.rate_levels, dtype=bits.dtype, device=bits.device)[rate.long().to(bits.device)]
     return (lambdas * bits / pixels_per_image).mean()

@@ -124,6 +124,10 @@ def main(stage: int, argv=None) -> int:
     weights = loss_weights(args)
     if weights.rate_levels is not None:
         make_variable_rate(pipe, weights.rate_levels)
+        earlier = Path(args.pretrained_model_name_or_path) / "training_state.json"
+        before = json.loads(earlier.read_text()).get("rate_levels") if earlier.is_file() else None
+        if before is not None and list(before) != list(weights.rate_levels):
+            logger.warning(f"the levels were trained with λr {before}; this run gives them {list(weights.rate_levels)}")
     elif pipe.decompressor.num_rate_levels:
         raise ValueError(
             f"{args.pretrained_model_name_or_path} is a variable-rate model with {pipe.decompressor.num_rate_levels} rate "
@@ -181,7 +185,9 @@ def main(stage: int, argv=None) -> int:
     if steps_per_epoch == 0:
         raise ValueError(f"the dataset has fewer than {args.train_batch_size} training images per process")
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers(f"slim-stage{stage}", config={k: v for k, v in vars(args).items()
+        tracked = {k: (v[0] if len(v) == 1 else " ".join(map(str, v))) if isinstance(v, list) else v
+                   for k, v in vars(args).items()}  # --lambda_rate: a number, or the levels' λr as text
+        accelerator.init_trackers(f"slim-stage{stage}", config={k: v for k, v in tracked.items()
                                                                if isinstance(v, (int, float, str, bool))})
 
     global_step = 0
@@ -206,11 +212,13 @@ def main(stage: int, argv=None) -> int:
         # that a resumed run draws the same permutation as an uninterrupted one
         batches.set_epoch(epoch)
         skip = 0
+        micro = 0  # micro-batches already accumulated into this optimizer step (checkpoints fall between steps)
         for batch in batches:
             with accelerator.accumulate(model):
-                # every random draw of a step (timesteps, noise, CompressAI's uniform quantisation noise) comes
-                # from (seed, step, process) alone, so a resumed run draws exactly what an uninterrupted one would
-                step_seed = args.seed * 1_000_003 + global_step * 7919 + accelerator.process_index
+                # every random draw of a step (timesteps, noise, CompressAI's uniform quantisation noise, rate levels)
+                # comes from (seed, step, micro-batch, process) alone, so a resumed run draws exactly what an
+                # uninterrupted one would, and the micro-batches of one step draw apart
+                step_seed = args.seed * 1_000_003 + global_step * 7919 + micro * 104_729 + accelerator.process_index
                 torch.manual_seed(step_seed)
                 generator = torch.Generator().manual_seed(step_seed)
                 # a variable-rate model codes each image at a level drawn from the step's generator, first
@@ -228,7 +236,9 @@ def main(stage: int, argv=None) -> int:
                 optimizer.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
+                micro += 1
                 continue
+            micro = 0
             global_step += 1
             logs = {k: float(v.detach()) for k, v in terms.items()}
             logs["aux_loss"] = float(aux_loss.detach())
@@ -251,7 +261,7 @@ def main(stage: int, argv=None) -> int:
         write_model_card(args, output_dir, metrics, global_step)
         (output_dir / "training_state.json").write_text(json.dumps(
             {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics,
-             "rate_levels": weights.rate_levels}, indent=2))
+             **({} if weights.rate_levels is None else {"rate_levels": weights.rate_levels})}, indent=2))
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 

@@ -413,14 +413,22 @@ def loss_weights(args) -> LossWeights:
                        args.lambda_roi, args.lambda_task, rate_levels=levels)
 
 
-def rate_levels_text(args) -> str:
-    """The model card's line on rates: one λr, or the trained levels and the λr of each."""
+def rate_levels_line(args) -> str:
+    """The model card's line on a variable-rate model's levels (the λr of each); none for a model of one rate."""
     levels = loss_weights(args).rate_levels
     if levels is None:
-        return "one fixed rate (λr above); the model codes at that rate only"
+        return ""
     listed = ", ".join(f"{i}: λr={v:g}" for i, v in enumerate(levels))
-    return (f"variable rate, {len(levels)} trained levels ({listed}); `pipe.compress(image, rate=r)` with r from 0 "
-            f"(the fewest bits) to {len(levels) - 1}, fractions interpolating; `.slim` version 3 files carry the rate")
+    return (f"- Rate: variable rate, {len(levels)} trained levels ({listed}); `pipe.compress(image, rate=r)` with r from "
+            f"0 (the fewest bits) to {len(levels) - 1}, fractions interpolating\n")
+
+
+def format_version_text(args) -> str:
+    exact = getattr(args, "exact_entropy_model", False)
+    model = "exact integer entropy model" if exact else "floating-point entropy model"
+    if loss_weights(args).rate_levels is not None:
+        return f"3 (variable rate, {model})"
+    return f"{2 if exact else 1} ({model})"
 
 def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
     """``README.md`` of the output from ``hub_cards/model_card.md``. The YAML header is written by
@@ -448,11 +456,10 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
         stage=args.stage,
         steps=global_step,
         lambdas=", ".join(f"λ{k}={v}" for k, v in loss_weights(args).as_dict().items() if k != "rate_levels"),
-        rate_levels=rate_levels_text(args),
+        rate_line=rate_levels_line(args),
         roi="off (w/o RoI ablation)" if args.no_roi else "Grad-CAM RoI masks",
         lora=args.unet_lora_rank or "none",
-        format_version="2 (exact integer entropy model)" if getattr(args, "exact_entropy_model", False)
-        else "1 (floating-point entropy model)",
+        format_version=format_version_text(args),
         metrics="\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no validation run) | |",
     )
     card = ModelCard(text)
