@@ -349,3 +349,46 @@ def test_evaluate_sweeps_one_variable_rate_model_as_one_curve(vr_model_dir, tmp_
     capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "e2"), "--rates", "4"]) == 2
     assert "rate must be in [0, 3]" in capsys.readouterr().err
+
+
+def test_crafted_variable_rate_files_end_in_named_errors_or_clean_decodes(pipe):
+    """Version 3 files re-sealed under a valid CRC with every kind of rate field (trained levels, fractions, beyond
+    the model's levels, the format's maximum), flags and mutated payloads: each ends in a named error or a decode to
+    finite pixels, quickly."""
+    import random
+    import time
+
+    from slim_diffusers.coding.bitstream import write_uvarint
+
+    torch.set_num_threads(1)
+    (bs,) = pipe.compress(photos(1), captions="a gradient", rate=2)
+    rng = random.Random(0)
+    outcomes = {}
+    for i in range(60):
+        units = rng.choice([0, 1, 16, 24, 47, 48, 49, 63, 4095, rng.randrange(4096)])
+        flags = rng.choice([0x02, 0x02, 0x02, 0x03, 0x00, 0x06])
+        payload = bytearray(bs.payload)
+        for _ in range(rng.randint(0, 4)):
+            payload[rng.randrange(len(payload))] = rng.randrange(256)
+        body = bytearray(b"SLIM\x03") + bytes([flags])
+        if flags & 0x02:
+            write_uvarint(units, body)
+        for value in (bs.height, bs.width):
+            write_uvarint(value, body)
+        body += bs.fingerprint
+        caption = __import__("slim_diffusers").coding.bitstream.compress_caption(bs.caption)
+        write_uvarint(len(caption), body)
+        body += caption
+        write_uvarint(len(payload), body)
+        body += payload
+        data = with_crc(bytes(body))
+        start = time.process_time()
+        try:
+            out = pipe.decompress(data, use_diffusion=False, output_type="np").images
+            assert np.isfinite(out).all() and units <= 48 and flags == 0x02
+            outcome = "decoded"
+        except (SLIMBitstreamError, SLIMModelMismatchError) as err:
+            outcome = type(err).__name__
+        assert time.process_time() - start < 1.0
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert {"decoded", "SLIMBitstreamError", "SLIMModelMismatchError"} <= set(outcomes), outcomes

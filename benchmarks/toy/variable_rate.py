@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/toy/variable_rate.py --work-dir outputs/toy-v2       # finished stages are reused
     .venv/bin/python benchmarks/toy/variable_rate.py --smoke --work-dir /tmp/vr      # the same code at tiny sizes (CI)
+    .venv/bin/python benchmarks/toy/variable_rate.py --export --decode 2 0.5        # also bundle the variable-rate model
 
 Stages, cached under ``--work-dir`` (the work directory of ``run_toy.py``: a finished run's foundation models, data
 and per-λ models are reused, and an interrupted study resumes):
@@ -218,6 +219,22 @@ def write_results(work: Path, res: Path, results: dict) -> None:
     print(f"results in {res}", flush=True)
 
 
+def export(work: Path, toy: run_toy.ToyConfig, cfg: VariableRateConfig, vr_model: Path, decode=None) -> None:
+    """Bundle the variable-rate model as the demo model (``run_toy.export_default``), with its levels in ``demo.json``;
+    ``decode``: (denoising steps run, strength), as the few-step study chose them."""
+    settings = dict(toy.decode)
+    if decode is not None:
+        steps, strength = int(decode[0]), float(decode[1])
+        # k steps at strength s run on a schedule of round(k / s) steps (benchmarks/toy/few_step.py)
+        settings.update(num_inference_steps=max(round(steps / strength), steps), strength=strength)
+    levels = {str(level): lam for level, lam in enumerate(cfg.levels)}
+    run_toy.export_default(work, toy, {}, model=vr_model, decode=settings,
+                           demo={"rate_levels": levels, "default_rate": len(cfg.levels) - 1},
+                           trained_as=f"as one variable-rate model with {len(cfg.levels)} rate levels (λr "
+                           + ", ".join(f"{lam:g}" for lam in cfg.levels) + " for levels 0 … "
+                           + f"{len(cfg.levels) - 1}; `slim demo --rate R`)")
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -226,7 +243,14 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="default: benchmarks/toy/results/variable_rate; with --smoke, WORK_DIR/results-variable-rate")
     parser.add_argument("--smoke", action="store_true", help="tiny step counts: checks the code path in minutes")
+    parser.add_argument("--export", action="store_true",
+                        help="bundle the variable-rate model into slim_diffusers/assets as the demo model")
+    parser.add_argument("--decode", nargs=2, type=float, metavar=("STEPS", "STRENGTH"), default=None,
+                        help="with --export: the bundled model's decoding settings, denoising steps run and strength "
+                        "(default: the toy run's, 4 steps at strength 0.5)")
     args = parser.parse_args(argv)
+    if args.smoke and args.export:
+        parser.error("--export bundles a real run's model; not with --smoke")
     toy, cfg = (run_toy.SMOKE, SMOKE) if args.smoke else (run_toy.ToyConfig(), VariableRateConfig())
     if not set(toy.rate_points) <= set(cfg.levels):
         raise SystemExit(f"the levels {cfg.levels} must include the per-λ rate points {toy.rate_points}")
@@ -251,6 +275,8 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     })
     write_results(work, results_dir, results)
+    if args.export:
+        export(work, toy, cfg, vr_model, args.decode)
     brief = {k: results[k] for k in ("target_met", "target_met_with_interval", "bpp_rises_with_rate", "training_seconds")}
     brief["bd_rate"] = {c: results["bd_rate_vs_per_lambda"][c]["pchip"]["bd_rate"] for c in run_toy.CLASSIFIERS}
     print(json.dumps(brief, indent=2))
