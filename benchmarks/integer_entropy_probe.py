@@ -249,11 +249,12 @@ def toy_model_items(n: int, start: int, seed: int = 2024):
     if not dec.is_ready_to_code:
         dec.update(force=True)
     items = []
+    rate = comp.num_rate_levels - 1 if comp.num_rate_levels else None  # a variable-rate model: its highest level
     with torch.no_grad():
         for s in toy_world.samples(n, seed=seed, size=64, start=start):
             pixels = torch.from_numpy(np.asarray(s.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
             latent = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
-            out = comp(pad_latents(latent, dec.total_stride))
+            out = comp(pad_latents(latent, dec.total_stride), rate)
             items.append((out.y, out.z))
     return dec, items
 

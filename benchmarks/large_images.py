@@ -121,10 +121,12 @@ def run_case(size: int, mode: str, threads: int, vae_tiling: str = "auto") -> di
             out["rss_after_load_mib"] = round(stages.rss(), 1)
             with stages.stage("VAE encode"):
                 (latent,) = pipe.encode_images([image])
+            rate = pipe.resolve_rate(None)  # a variable-rate model's highest level, as pipe.compress codes by default
             with stages.stage("entropy encode"):
-                (payload,) = compress_latents(pipe.compressor, pipe.decompressor, latent)
+                (payload,) = compress_latents(pipe.compressor, pipe.decompressor, latent, rate)
             # what pipe.compress(image, captions=...) returns, from the stages timed above
-            bs = SLIMBitstream(size, size, pipe.decompressor.fingerprint(), "a star", payload)
+            bs = SLIMBitstream(size, size, pipe.decompressor.fingerprint(), "a star", payload,
+                               exact_entropy_model=pipe.decompressor.exact_entropy_model, rate=rate)
             _, z_size = pipe.decompressor.code_shapes(*latent.shape[-2:])
             out["symbols"] = pipe.decompressor.entropy_coder.num_symbols(z_size)
             with stages.stage("entropy decode"):

@@ -3,13 +3,20 @@ strengths, with 95 % intervals, through the evaluation harness (real bytes; ever
 
     .venv/bin/python benchmarks/toy/few_step.py --work-dir outputs/toy-v2 --num-images 300
     .venv/bin/python benchmarks/toy/few_step.py --models per-lambda     # the per-λ models' two lowest rates
+    .venv/bin/python benchmarks/toy/few_step.py --num-images 200 --timestep-spacing trailing --steps 1 2 4 --strengths 0.5 1
 
 Needs a finished ``variable_rate.py`` work directory (its variable-rate model at ``--rates``, default the levels of the
 four per-λ rate weights; or, with ``--models per-lambda``, ``run_toy.py``'s models), its classifiers and test set.
 ``strength`` is how far
 ẑ is noised before denoising (1: from pure noise; the toy run decodes at 0.5); ``k`` steps are run, on a schedule
 of ``round(k / strength)`` steps of which the last ``k`` are kept. Rows are cached under
-``WORK_DIR/few_step`` (an interrupted run resumes); results go to ``benchmarks/toy/results/few_step.{json,md}``.
+``WORK_DIR/few_step`` (``few_step_trailing``; an interrupted run resumes); results go to ``benchmarks/toy/results/few_step.{json,md}``
+(``few_step_trailing.{json,md}`` with ``--timestep-spacing trailing``).
+
+``--timestep-spacing trailing`` decodes with the DDIM schedule's timesteps counted back from the last training
+timestep (999, 499 for two steps) instead of Stable Diffusion's "leading" spacing (501, 1): with leading spacing a
+one-step schedule is the single timestep 1, so one step from noise never denoises, and the last ``k`` steps of a
+short schedule start far below the noise level ``strength`` asks for.
 """
 
 import argparse
@@ -27,6 +34,7 @@ import run_toy  # noqa: E402
 
 STEPS = (1, 2, 4, 10, 20)
 STRENGTHS = (0.3, 0.5, 1.0)
+SPACINGS = ("leading", "trailing")
 
 
 def schedule_length(pipe, steps: int, strength: float) -> int:
@@ -53,6 +61,10 @@ def main(argv=None) -> int:
                         help="the variable-rate model of variable_rate.py, or run_toy.py's per-λ models")
     parser.add_argument("--rates", type=float, nargs="+", default=[0, 2, 4, 6],
                         help="the variable-rate model's rates (default: the levels of λr 16, 4, 1 and 0.25)")
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="denoising steps run")
+    parser.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS))
+    parser.add_argument("--timestep-spacing", choices=SPACINGS, default="leading",
+                        help="the DDIM schedule's spacing (the models' own: leading, as Stable Diffusion 2.1's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     cfg = run_toy.ToyConfig()
@@ -65,9 +77,16 @@ def main(argv=None) -> int:
 
         vr = run_toy.load_pipeline(args.work_dir / "slim" / "vr-stage2")
         pipes, rates = slim_rate_points({"vr": vr}, args.rates)
+    if args.timestep_spacing != "leading":
+        from diffusers import DDIMScheduler
+
+        for pipe in {id(p): p for p in pipes.values()}.values():
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=args.timestep_spacing)
     any_pipe = next(iter(pipes.values()))
     once = run_toy.EncodeOnce()
-    names = {(s, k): f"SLIM strength {s:g}, {k} step{'s' if k > 1 else ''}" for s in STRENGTHS for k in STEPS}
+    spacing = "" if args.timestep_spacing == "leading" else f"{args.timestep_spacing} spacing, "
+    names = {(s, k): f"SLIM {spacing}strength {s:g}, {k} step{'s' if k > 1 else ''}"
+             for s in args.strengths for k in args.steps}
     codecs = [once.share(SLIMCodec(pipes, name=name, seed=0, num_inference_steps=schedule_length(any_pipe, k, s),
                                    strength=s, rates=rates))
               for (s, k), name in names.items()]
@@ -75,14 +94,16 @@ def main(argv=None) -> int:
                    for name in run_toy.CLASSIFIERS]
     ds = datasets.load_from_disk(str(args.work_dir / "data" / "test"))
     t0 = time.perf_counter()
-    run_evaluation(args.work_dir / "few_step", ds, codecs, classifiers, caption_column="caption",
+    stem = "few_step" if args.timestep_spacing == "leading" else f"few_step_{args.timestep_spacing}"
+    run_evaluation(args.work_dir / stem, ds, codecs, classifiers, caption_column="caption",
                    num_samples=args.num_images, batch_size=cfg.eval_batch)
     seconds = time.perf_counter() - t0
-    results = {"images": args.num_images, "steps": STEPS, "strengths": STRENGTHS, "classifiers": run_toy.CLASSIFIERS,
+    results = {"images": args.num_images, "steps": args.steps, "strengths": args.strengths,
+               "timestep_spacing": args.timestep_spacing, "classifiers": run_toy.CLASSIFIERS,
                "models": args.models, "rates": rates,
                "seconds_this_call": round(seconds, 1), "date": time.strftime("%Y-%m-%d"), "accuracy": {}}
     # the first N images only: the cache may hold rows of a longer earlier run
-    rows = [r for r in latest_rows(args.work_dir / "few_step") if r["index"] < args.num_images]
+    rows = [r for r in latest_rows(args.work_dir / stem) if r["index"] < args.num_images]
     rows = [r for r in rows if r["rate_point"] in pipes]  # the cache may hold another --models run's rows
     for codec in codecs:
         for point in codec.rate_points:
@@ -92,8 +113,9 @@ def main(argv=None) -> int:
             entry.update({clf: run_toy.claims.accuracy_of(mine, codec.name, point, clf) for clf in run_toy.CLASSIFIERS})
             results["accuracy"].setdefault(point, {})[codec.name] = entry
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "few_step.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# Few-step decoding, toy world v2 ({args.num_images} test images, {results['date']})", "",
+    (args.results_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# Few-step decoding, toy world v2 ({args.num_images} test images, {results['date']}; DDIM, "
+             f"{args.timestep_spacing} timestep spacing)", "",
              "Top-1 (%) with 95 % Wilson intervals; ResNet / ResNet-B; decode seconds per image (batches of "
              f"{cfg.eval_batch}, 2 threads).", ""]
     for point, by_codec in results["accuracy"].items():
@@ -105,7 +127,7 @@ def main(argv=None) -> int:
             cell = lambda c: f"{e[c]['top1']:.1f} [{e[c]['low']:.1f}, {e[c]['high']:.1f}]"  # noqa: E731
             lines.append(f"| {s:g} | {k} | {cell('resnet')} | {cell('resnet_b')} | {e['decode_seconds_per_image']:.3f} |")
         lines.append("")
-    (args.results_dir / "few_step.md").write_text("\n".join(lines))
+    (args.results_dir / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 
