@@ -102,7 +102,7 @@ def test_the_bundled_model_by_name_decodes_with_its_own_settings(tmp_path, capsy
     assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "a")]) == 0
     decoded = PIL.Image.open(tmp_path / "a" / f"{name}.png")
     assert pixels_sha256(decoded) == golden["files"][name]["pixels_sha256"]
-    assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "b"), "--steps", "2"]) == 0
+    assert main(["decompress", str(source), "--model", "toy", "-o", str(tmp_path / "b"), "--steps", "4"]) == 0
     assert pixels_sha256(PIL.Image.open(tmp_path / "b" / f"{name}.png")) != pixels_sha256(decoded)
 
 
@@ -212,3 +212,17 @@ def test_demo_runs_the_bundled_toy_model_offline(tmp_path, capsys):
     correct, total, kind = map(int, re.search(
         r"(\d+)/(\d+) bundled images decoded as their class, (\d+)/\d+ as their kind", out).groups())
     assert total == len(bundled) and kind >= total // 2 and correct >= 2
+
+
+def test_demo_at_the_lowest_rate_of_the_bundled_variable_rate_model(tmp_path, capsys):
+    # the bundled model codes at any of its levels: rate 0 writes fewer bytes than the default (its highest level,
+    # which the golden files were written at)
+    out_dir = tmp_path / "demo-low"
+    assert main(["demo", "--rate", "0", "-o", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "rate 0 of levels 0…6" in out
+    files = sorted(out_dir.glob("*.slim"))
+    assert files and all(SLIMBitstream.load(f).rate == 0 for f in files)
+    golden = sorted((Path(__file__).parent / "golden" / "bundled_toy").glob("*.slim"))
+    assert [f.name for f in files] == [f.name for f in golden] and all(SLIMBitstream.load(f).rate == 6 for f in golden)
+    assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in golden)

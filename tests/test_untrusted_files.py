@@ -20,10 +20,15 @@ from slim_diffusers.coding.bitstream import compress_caption, write_uvarint
 from slim_diffusers.testing import tiny_pipeline
 
 
-def seal(height: int, width: int, fingerprint: bytes, caption: bytes, payload: bytes, exact: bool = False) -> bytes:
+def seal(height: int, width: int, fingerprint: bytes, caption: bytes, payload: bytes, exact: bool = False,
+         rate=None) -> bytes:
     """A .slim file with these fields, whatever they hold, under a valid CRC (what a crafted file looks like):
-    version 1, or version 2 with the exact-entropy-model flag."""
-    body = bytearray(b"SLIM\x02\x01" if exact else b"SLIM\x01")
+    version 1, version 2 with the exact-entropy-model flag, or, with a rate, version 3."""
+    if rate is not None:
+        body = bytearray(b"SLIM\x03") + bytes([0x02 | bool(exact)])
+        write_uvarint(int(rate * 16), body)
+    else:
+        body = bytearray(b"SLIM\x02\x01" if exact else b"SLIM\x01")
     write_uvarint(height, body)
     write_uvarint(width, body)
     body += fingerprint
@@ -55,8 +60,9 @@ def test_27_byte_bombs_are_refused_at_once(model, side, error, request):
     # image has (the coder refuses it before decoding); beyond it, the header alone is refused
     pipe = request.getfixturevalue(model)
     exact = bool(pipe.decompressor.config.get("exact_entropy_model", False))
-    header = len(seal(side, side, pipe.decompressor.fingerprint(), b"", b"", exact))
-    data = seal(side, side, pipe.decompressor.fingerprint(), b"", bytes(27 - header), exact)
+    rate = pipe.num_rate_levels - 1 if pipe.num_rate_levels else None  # a variable-rate model's files carry a rate
+    header = len(seal(side, side, pipe.decompressor.fingerprint(), b"", b"", exact, rate))
+    data = seal(side, side, pipe.decompressor.fingerprint(), b"", bytes(27 - header), exact, rate)
     assert len(data) == 27
     start = time.process_time()  # CPU time: what the file costs, whatever else the machine runs
     with pytest.raises(error) as info:

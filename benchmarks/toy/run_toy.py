@@ -398,7 +398,8 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, learned: dict, timi
 
 # -------------------------------------------------------------------------------------------------- export
 def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Path] = None,
-                   demo: Optional[dict] = None, trained_as: Optional[str] = None, decode: Optional[dict] = None) -> None:
+                   demo: Optional[dict] = None, trained_as: Optional[str] = None, decode: Optional[dict] = None,
+                   command: str = "benchmarks/toy/run_toy.py --export") -> None:
     """Bundle a SLIM model, the toy classifier and one test image per class into the package: by default SLIM's
     highest rate point (the lowest λr: the most accurate); ``model``, ``demo`` (what ``demo.json`` records besides
     the decoding settings) and ``trained_as`` (how the asset README describes its training) bundle another; ``decode``
@@ -420,7 +421,7 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
     convert_pipeline_folder(target / "slim", None, toy_world_images(32, size=IMAGE_SIZE))
     shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
     (target / "demo.json").write_text(json.dumps({**demo, "decode": dict(decode or cfg.decode)}, indent=2) + "\n")
-    write_asset_readme(target, trained_as)
+    write_asset_readme(target, trained_as, command)
     images = assets / "images"
     for old in images.glob("*.png"):
         old.unlink()
@@ -433,10 +434,10 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
         "now run tests/golden/update_golden.py and commit the new golden files")
 
 
-def write_asset_readme(target: Path, trained_as: str) -> None:
+def write_asset_readme(target: Path, trained_as: str, command: str) -> None:
     (target / "README.md").write_text(f"""# Bundled toy SLIM model
 
-What `slim demo` (`make demo`) runs offline. Written by `python benchmarks/toy/run_toy.py --export`.
+What `slim demo` (`make demo`) runs offline. Written by `python {command}`.
 
 - `slim/`: a `SLIMPipeline` (safetensors, with the exact integer entropy model: its files decode bit-exactly on every device) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
   20 classes = 5 kinds × 4 markings, captions that name the kind only) {trained_as}:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/toy/variable_rate.py --work-dir outputs/toy-v2       # finished stages are reused
     .venv/bin/python benchmarks/toy/variable_rate.py --smoke --work-dir /tmp/vr      # the same code at tiny sizes (CI)
-    .venv/bin/python benchmarks/toy/variable_rate.py --export --decode 2 0.5        # also bundle the variable-rate model
+    .venv/bin/python benchmarks/toy/variable_rate.py --export --decode 1 0.5 --timestep-spacing trailing   # bundle it
 
 Stages, cached under ``--work-dir`` (the work directory of ``run_toy.py``: a finished run's foundation models, data
 and per-λ models are reused, and an interrupted study resumes):
@@ -219,9 +219,11 @@ def write_results(work: Path, res: Path, results: dict) -> None:
     print(f"results in {res}", flush=True)
 
 
-def export(work: Path, toy: run_toy.ToyConfig, cfg: VariableRateConfig, vr_model: Path, decode=None) -> None:
+def export(work: Path, toy: run_toy.ToyConfig, cfg: VariableRateConfig, vr_model: Path, decode=None,
+           timestep_spacing=None) -> None:
     """Bundle the variable-rate model as the demo model (``run_toy.export_default``), with its levels in ``demo.json``;
-    ``decode``: (denoising steps run, strength), as the few-step study chose them."""
+    ``decode``: (denoising steps run, strength) and ``timestep_spacing`` of its scheduler, as the few-step study
+    (``few_step.py``) chose them."""
     settings = dict(toy.decode)
     if decode is not None:
         steps, strength = int(decode[0]), float(decode[1])
@@ -232,7 +234,16 @@ def export(work: Path, toy: run_toy.ToyConfig, cfg: VariableRateConfig, vr_model
                            demo={"rate_levels": levels, "default_rate": len(cfg.levels) - 1},
                            trained_as=f"as one variable-rate model with {len(cfg.levels)} rate levels (λr "
                            + ", ".join(f"{lam:g}" for lam in cfg.levels) + " for levels 0 … "
-                           + f"{len(cfg.levels) - 1}; `slim demo --rate R`)")
+                           + f"{len(cfg.levels) - 1}; `slim demo --rate R`)",
+                           command="benchmarks/toy/variable_rate.py --export" + (
+                               f" --decode {int(decode[0])} {float(decode[1]):g}" if decode is not None else "") + (
+                               f" --timestep-spacing {timestep_spacing}" if timestep_spacing else ""))
+    if timestep_spacing:
+        from diffusers import DDIMScheduler
+
+        folder = run_toy.REPO / "slim_diffusers" / "assets" / "toy" / "slim" / "scheduler"
+        scheduler = DDIMScheduler.from_pretrained(str(folder))
+        DDIMScheduler.from_config(scheduler.config, timestep_spacing=timestep_spacing).save_pretrained(str(folder))
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -248,6 +259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decode", nargs=2, type=float, metavar=("STEPS", "STRENGTH"), default=None,
                         help="with --export: the bundled model's decoding settings, denoising steps run and strength "
                         "(default: the toy run's, 4 steps at strength 0.5)")
+    parser.add_argument("--timestep-spacing", choices=["leading", "trailing"], default=None,
+                        help="with --export: the bundled model's DDIM timestep spacing (default: the model's own)")
     args = parser.parse_args(argv)
     if args.smoke and args.export:
         parser.error("--export bundles a real run's model; not with --smoke")
@@ -276,7 +289,7 @@ def main(argv=None) -> int:
     })
     write_results(work, results_dir, results)
     if args.export:
-        export(work, toy, cfg, vr_model, args.decode)
+        export(work, toy, cfg, vr_model, args.decode, args.timestep_spacing)
     brief = {k: results[k] for k in ("target_met", "target_met_with_interval", "bpp_rises_with_rate", "training_seconds")}
     brief["bd_rate"] = {c: results["bd_rate_vs_per_lambda"][c]["pchip"]["bd_rate"] for c in run_toy.CLASSIFIERS}
     print(json.dumps(brief, indent=2))

@@ -584,6 +584,15 @@ class SLIMPipeline(DiffusionPipeline):
             prompt_embeds = torch.cat([negative, prompt_embeds])
 
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
+        train_steps = getattr(self.scheduler.config, "num_train_timesteps", None)
+        if strength >= 1.0 and train_steps and len(timesteps) and float(timesteps[0]) < 0.75 * train_steps:
+            # a "leading" schedule of one step is the single timestep 1: pure noise that is never denoised
+            self._warn_once(
+                f"decoding from pure noise (strength 1) with {num_inference_steps} step(s) starts at timestep "
+                f"{int(timesteps[0])} of {train_steps}, far below the noise it starts from; for few-step decoding use "
+                "timestep_spacing='trailing' (pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
+                "timestep_spacing='trailing')), strength < 1, or more steps"
+            )
         latents = self.prepare_latents(control_latents, timesteps[:1], strength, generator, latents)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -119,6 +120,24 @@ def test_missing_caption_warns_once_through_the_logger(images, caplog):
     caplog.clear()
     p.compress(images[:1])
     assert not caplog.records
+
+
+def test_few_steps_from_noise_on_a_leading_schedule_warn_and_trailing_spacing_starts_at_high_noise(images, caplog):
+    from diffusers import DDIMScheduler
+
+    p = tiny_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    assert p.scheduler.config.timestep_spacing == "leading"
+    bitstreams = p.compress(images[:1], captions="x")
+    caplog.clear()
+    p.decompress(bitstreams, num_inference_steps=1)  # the leading schedule of one step: timestep 1
+    assert re.search(r"starts at timestep [01] of 1000", caplog.text) and "trailing" in caplog.text
+    p.scheduler = DDIMScheduler.from_config(p.scheduler.config, timestep_spacing="trailing")
+    assert p.get_timesteps(1, 1.0, "cpu").tolist() == [999] and p.get_timesteps(2, 0.5, "cpu").tolist() == [499]
+    caplog.clear()
+    p.decompress(bitstreams, num_inference_steps=1)
+    p.decompress(bitstreams, num_inference_steps=2, strength=0.5)
+    assert "starts at timestep" not in caplog.text
 
 
 def test_callback_on_step_end_sees_and_can_replace_latents(pipe, images):
