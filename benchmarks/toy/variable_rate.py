@@ -277,6 +277,9 @@ def main(argv=None) -> int:
     per_lambda, vr_model, seconds = train(work, toy, cfg)
     log("evaluation")
     _, eval_seconds = evaluate(work, toy, cfg, per_lambda, vr_model)
+    earlier = results_dir / "results.json"
+    if eval_seconds is None and earlier.is_file():  # every row was there: the time is that of the run that made them
+        eval_seconds = json.loads(earlier.read_text()).get("evaluation_seconds_when_run")
     results = measure(work, toy, cfg, seconds)
     results.update({
         "config": {**asdict(cfg), "per_lambda_rate_points": list(toy.rate_points), "decode": dict(toy.decode),
