@@ -554,24 +554,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _rate(text: str) -> float:
+def _number(text: str, accept: Callable[[float], bool], expected: str) -> float:
+    """``text`` as a number that ``accept`` takes (a word or NaN never is), else argparse's one-line error."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a rate level, a number ≥ 0, got {text!r}")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _rate(text: str) -> float:
+    return _number(text, lambda v: 0 <= v < float("inf"), "a rate level, a number ≥ 0")
 
 
 def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+    return _number(text, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 class _Parser(argparse.ArgumentParser):

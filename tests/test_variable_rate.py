@@ -14,7 +14,8 @@ from slim_diffusers.coding.latents import compress_latents, decompress_latents, 
 from slim_diffusers.errors import SLIMBitstreamError, SLIMModelMismatchError
 from slim_diffusers.models.rate_gains import RateGains, initial_log_step, level_lambdas, quantize_rate
 from slim_diffusers.testing import exact_codec, structured_latents, tiny_codec, tiny_pipeline
-from slim_diffusers.training.losses import LossWeights, variable_rate_term
+
+from ._codec_training import fit_tiny_codec
 
 LEVELS = 4
 LAMBDAS = (8.0, 2.0, 0.5, 0.125)  # λr per level, level 0 (the fewest bits) first
@@ -109,34 +110,10 @@ def test_the_rate_must_fit_the_model():
 
 
 # ------------------------------------------------------------------------------------------------ codec
-def fit_variable_rate_codec(kodak_dir, steps: int = 150, seed: int = 0):
-    """The tiny codec trained as a variable-rate one, with the training objective's rate term and per-item levels."""
-    compressor, decompressor = tiny_codec(seed, num_rate_levels=LEVELS)
-    latents = structured_latents(batch=8, height=32, width=48, seed=seed, image_dir=str(kodak_dir))
-    weights = LossWeights(rate_levels=LAMBDAS)
-    aux = [p for n, p in decompressor.named_parameters() if n.endswith("quantiles")]
-    main = [p for n, p in decompressor.named_parameters() if not n.endswith("quantiles")] + list(compressor.parameters())
-    opt, aux_opt = torch.optim.Adam(main, lr=2e-3), torch.optim.Adam(aux, lr=1e-2)
-    compressor.train(), decompressor.train()
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        rate = torch.randint(LEVELS, (latents.shape[0],), generator=gen)
-        out = run_codec(compressor, decompressor, latents, rate)
-        loss = variable_rate_term(out.likelihoods, latents.shape[-2] * latents.shape[-1], weights, rate)
-        loss = loss + torch.nn.functional.mse_loss(out.latents, latents)
-        opt.zero_grad(), aux_opt.zero_grad()
-        loss.backward()
-        opt.step()
-        decompressor.aux_loss().backward()
-        aux_opt.step()
-    compressor.eval(), decompressor.eval()
-    decompressor.update(force=True)
-    return compressor, decompressor
-
-
 @pytest.fixture(scope="module")
 def trained(kodak_dir):
-    return fit_variable_rate_codec(kodak_dir)
+    compressor, decompressor, _, _ = fit_tiny_codec(kodak_dir, lmbda=1.0, rate_lambdas=LAMBDAS)
+    return compressor, decompressor
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ SUPPORTED_VERSIONS = (1, 2, 3)
 FLAG_EXACT_ENTROPY_MODEL = 0x01
 FLAG_VARIABLE_RATE = 0x02  # version 3: a rate field follows the flags
 KNOWN_FLAGS = {2: FLAG_EXACT_ENTROPY_MODEL, 3: FLAG_EXACT_ENTROPY_MODEL | FLAG_VARIABLE_RATE}
-# the rate field: a rate level in units of 1/RATE_STEPS (slim_diffusers.models.rate_gains.RATE_STEPS)
+# the rate field: a rate level in units of 1/RATE_STEPS (slim_diffusers.models.rate_gains quantises rates to it)
 RATE_STEPS = 16
 MAX_RATE_UNITS = 256 * RATE_STEPS - 1
 MAX_SIDE = 16384

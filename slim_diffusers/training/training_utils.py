@@ -413,9 +413,9 @@ def loss_weights(args) -> LossWeights:
                        args.lambda_roi, args.lambda_task, rate_levels=levels)
 
 
-def rate_levels_line(args) -> str:
+def rate_levels_line(weights: LossWeights) -> str:
     """The model card's line on a variable-rate model's levels (the λr of each); none for a model of one rate."""
-    levels = loss_weights(args).rate_levels
+    levels = weights.rate_levels
     if levels is None:
         return ""
     listed = ", ".join(f"{i}: λr={v:g}" for i, v in enumerate(levels))
@@ -423,10 +423,10 @@ def rate_levels_line(args) -> str:
             f"0 (the fewest bits) to {len(levels) - 1}, fractions interpolating\n")
 
 
-def format_version_text(args) -> str:
+def format_version_text(args, weights: LossWeights) -> str:
     exact = getattr(args, "exact_entropy_model", False)
     model = "exact integer entropy model" if exact else "floating-point entropy model"
-    if loss_weights(args).rate_levels is not None:
+    if weights.rate_levels is not None:
         return f"3 (variable rate, {model})"
     return f"{2 if exact else 1} ({model})"
 
@@ -439,6 +439,7 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
 
     base = args.pretrained_model_name_or_path
     dataset = args.dataset_name or args.train_data_dir
+    weights = loss_weights(args)
     data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
@@ -455,11 +456,11 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
         dataset=dataset,
         stage=args.stage,
         steps=global_step,
-        lambdas=", ".join(f"λ{k}={v}" for k, v in loss_weights(args).as_dict().items() if k != "rate_levels"),
-        rate_line=rate_levels_line(args),
+        lambdas=", ".join(f"λ{k}={v}" for k, v in weights.as_dict().items() if k != "rate_levels"),
+        rate_line=rate_levels_line(weights),
         roi="off (w/o RoI ablation)" if args.no_roi else "Grad-CAM RoI masks",
         lora=args.unet_lora_rank or "none",
-        format_version=format_version_text(args),
+        format_version=format_version_text(args, weights),
         metrics="\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no validation run) | |",
     )
     card = ModelCard(text)
