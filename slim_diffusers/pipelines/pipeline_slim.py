@@ -157,6 +157,21 @@ class SLIMPipeline(DiffusionPipeline):
         self._vae_tiling: Union[str, bool] = "auto"
         self._vae_tile_size: Optional[int] = None
 
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        """diffusers' ``save_pretrained``, written so that a kill during the save never leaves a folder that half
+        loads: the pipeline is saved into a hidden staging folder and moved into ``save_directory`` when complete,
+        ``model_index.json`` last (see :func:`slim_diffusers.utils.file_utils.staged_directory`). A saved pipeline
+        that is being replaced stays loadable until the new one's components are in place; from then until
+        ``model_index.json`` arrives, ``from_pretrained`` says the folder has none."""
+        import os
+
+        from ..utils.file_utils import staged_directory
+
+        if push_to_hub:  # the Hub repository is named after the folder, as diffusers names it, not the staging folder
+            kwargs.setdefault("repo_id", os.path.basename(os.path.abspath(save_directory)))
+        with staged_directory(save_directory) as stage:
+            super().save_pretrained(stage, *args, push_to_hub=push_to_hub, **kwargs)
+
     # ------------------------------------------------------------------------------------- construction
     @classmethod
     def from_stable_diffusion(

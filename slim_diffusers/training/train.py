@@ -24,6 +24,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..utils.distributed import use_cpu_workers
+from ..utils.file_utils import staged_directory
 from .training_utils import (
     EpochSampler,
     SLIMTrainingModule,
@@ -71,7 +72,11 @@ def parse_args(stage: int, argv=None):
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     p.add_argument("--checkpointing_steps", type=int, default=5000)
     p.add_argument("--checkpoints_total_limit", type=int, default=None)
-    p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint directory, or 'latest'")
+    p.add_argument("--resume_from_checkpoint", default=None,
+                   help="a checkpoint directory, or 'latest' (the newest complete one; incomplete ones are skipped)")
+    p.add_argument("--remove_incomplete_checkpoints", action="store_true",
+                   help="with --resume_from_checkpoint latest: delete the checkpoints whose writing was interrupted "
+                        "instead of keeping them for inspection")
     p.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
     p.add_argument("--logging_dir", default="logs")
     p.add_argument("--validation_steps", type=int, default=1000)
@@ -118,7 +123,8 @@ def main(stage: int, argv=None) -> int:
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    resume = resolve_checkpoint(output_dir, args.resume_from_checkpoint)  # before any model loads
+    resume = resolve_checkpoint(output_dir, args.resume_from_checkpoint,  # before any model loads
+                                remove_incomplete=args.remove_incomplete_checkpoints and accelerator.is_main_process)
 
     pipe = load_pipeline(args.pretrained_model_name_or_path)
     weights = loss_weights(args)
@@ -257,16 +263,19 @@ def main(stage: int, argv=None) -> int:
         if args.validation_steps and (global_step % args.validation_steps or not metrics):
             metrics = validate(global_step) or metrics
         exact = exact_decompressor(unwrapped, train_ds, args.exact_calibration_images) if args.exact_entropy_model else None
-        save_pipeline(unwrapped, output_dir, args.unet_lora_rank > 0, decompressor=exact)
-        write_model_card(args, output_dir, metrics, global_step)
-        (output_dir / "training_state.json").write_text(json.dumps(
-            {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics,
-             **({} if weights.rate_levels is None else {"rate_levels": weights.rate_levels})}, indent=2))
+        # the pipeline, its card and the training state appear together, model_index.json last: a kill during the
+        # save leaves the previous output loadable or none at all, and the run resumes from its last checkpoint
+        with staged_directory(output_dir) as stage:
+            save_pipeline(unwrapped, stage, args.unet_lora_rank > 0, decompressor=exact)
+            write_model_card(args, stage, metrics, global_step)
+            (stage / "training_state.json").write_text(json.dumps(
+                {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics,
+                 **({} if weights.rate_levels is None else {"rate_levels": weights.rate_levels})}, indent=2))
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
             repo_id = create_repo(args.hub_model_id or output_dir.name, exist_ok=True, token=args.hub_token).repo_id
             upload_folder(repo_id=repo_id, folder_path=str(output_dir), token=args.hub_token,
-                          ignore_patterns=["checkpoint-*", f"{args.logging_dir}/*"])
+                          ignore_patterns=["checkpoint-*", ".*", f"{args.logging_dir}/*"])
     accelerator.end_training()
     return global_step

@@ -13,6 +13,7 @@
 import copy
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from ..semantics.roi import classifier_inputs, roi_mask_to_array
+from ..utils.file_utils import fsync_tree, remove_tree, replace_directory, staged_directory, sweep_leftovers, write_atomically
 from .dataset_builder import HUB_CARDS
 from .losses import LossWeights, slim_losses
 
@@ -37,6 +39,10 @@ CHECKPOINT_MARKER = "slim_checkpoint.json"
 
 class CheckpointVersionError(ValueError):
     """A checkpoint was written by a version of the training scripts that this one cannot resume."""
+
+
+class IncompleteCheckpointError(ValueError):
+    """A checkpoint whose writing was interrupted (a kill during the save): resume from an earlier one."""
 
 
 # ------------------------------------------------------------------------------------------------ module
@@ -273,53 +279,127 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+# a checkpoint being written: every process saves its part here; the main process renames it when complete
+PARTIAL_SUFFIX = ".partial"
+
+
 def checkpoint_dirs(output_dir: Path) -> List[Path]:
-    return sorted(Path(output_dir).glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1]))
+    """The ``checkpoint-<step>`` folders of ``output_dir``, oldest first (complete or not)."""
+    found = [d for d in Path(output_dir).glob("checkpoint-*") if CHECKPOINT_NAME.fullmatch(d.name) and d.is_dir()]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
+
+def partial_checkpoint_dirs(output_dir: Path) -> List[Path]:
+    """Checkpoints whose writing was interrupted (``.checkpoint-<step>.partial``)."""
+    return sorted(d for d in Path(output_dir).glob(f".checkpoint-*{PARTIAL_SUFFIX}") if d.is_dir())
+
+
+def checkpoint_state(path: Path) -> str:
+    """``"complete"``; ``"incomplete"`` (no marker, or a file the marker lists is missing or of another size: the
+    write was interrupted); ``"0.1.0"`` (the layout of slim-diffusers 0.1.0, one Accelerate model per component);
+    ``"format N"`` (a marker of another checkpoint format)."""
+    marker = path / CHECKPOINT_MARKER
+    if not marker.is_file():
+        return "0.1.0" if (path / "model_1.safetensors").is_file() else "incomplete"
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return "incomplete"
+    if info.get("checkpoint_format") != CHECKPOINT_FORMAT:
+        return f"format {info.get('checkpoint_format')}"
+    for name, size in info.get("files", {}).items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            return "incomplete"
+    return "complete"
 
 
 def save_checkpoint(accelerator, output_dir: Path, global_step: int, total_limit: Optional[int] = None) -> Path:
-    """An Accelerate state at ``checkpoint-<step>``, keeping at most ``total_limit`` of them."""
-    output_dir = Path(output_dir)
-    if accelerator.is_main_process and total_limit is not None:
-        existing = checkpoint_dirs(output_dir)
-        for old in existing[: max(len(existing) - total_limit + 1, 0)]:
-            shutil.rmtree(old)
-    path = output_dir / f"checkpoint-{global_step}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        from .. import __version__
+    """An Accelerate state at ``checkpoint-<step>``, written so that a kill at any instant loses nothing resumable.
 
-        (path / CHECKPOINT_MARKER).write_text(json.dumps(
-            {"checkpoint_format": CHECKPOINT_FORMAT, "slim_diffusers_version": __version__, "global_step": global_step}))
+    Every process writes its part into ``.checkpoint-<step>.partial``; then the main process writes the marker
+    (format, version, step, and each file's size) last, flushes it all to disk, renames the folder into place,
+    and only then deletes the oldest complete checkpoints beyond ``total_limit``. The other processes wait at
+    barriers, so none runs ahead of a checkpoint that is not yet in place.
+    """
+    from .. import __version__
+
+    output_dir = Path(output_dir)
+    path = output_dir / f"checkpoint-{global_step}"
+    partial = output_dir / f".checkpoint-{global_step}{PARTIAL_SUFFIX}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)  # what an earlier, killed attempt at this step left
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+        write_atomically(partial / CHECKPOINT_MARKER, json.dumps(
+            {"checkpoint_format": CHECKPOINT_FORMAT, "slim_diffusers_version": __version__, "global_step": global_step,
+             "files": files}, indent=2).encode())
+        fsync_tree(partial)
+        replace_directory(partial, path)
+        if total_limit is not None:
+            complete = [d for d in checkpoint_dirs(output_dir) if checkpoint_state(d) == "complete"]
+            for old in complete[: max(len(complete) - total_limit, 0)]:
+                remove_tree(old)
+        sweep_leftovers(output_dir)
+    accelerator.wait_for_everyone()
     return path
 
 
-def resolve_checkpoint(output_dir: Path, resume_from: Optional[str]) -> Optional[Path]:
-    """The checkpoint ``--resume_from_checkpoint`` names (``latest``: the newest in ``output_dir``, ``None`` when
-    there is none), checked to be one these scripts can resume."""
+def resolve_checkpoint(output_dir: Path, resume_from: Optional[str], remove_incomplete: bool = False) -> Optional[Path]:
+    """The checkpoint ``--resume_from_checkpoint`` names, checked to be one these scripts can resume.
+
+    ``latest``: the newest *complete* checkpoint in ``output_dir`` (``None`` when there is none); incomplete ones
+    (a write that was killed) are skipped and named in one log line, and deleted when ``remove_incomplete``.
+    """
     if not resume_from:
         return None
     if resume_from == "latest":
-        found = checkpoint_dirs(output_dir)
-        if not found:
+        skipped, found = [], None
+        for candidate in reversed(checkpoint_dirs(output_dir)):
+            state = checkpoint_state(candidate)
+            if state == "incomplete":
+                skipped.append(candidate)
+                continue
+            found = candidate
+            break
+        skipped = partial_checkpoint_dirs(output_dir) + skipped[::-1]
+        if skipped:
+            names = ", ".join(d.name for d in skipped)
+            if remove_incomplete:
+                for d in skipped:
+                    remove_tree(d)
+                logger.warning(f"removed incomplete checkpoints (their writing was interrupted): {names}")
+            else:
+                logger.warning(f"skipping incomplete checkpoints (their writing was interrupted; kept for inspection, "
+                               f"--remove_incomplete_checkpoints deletes them): {names}")
+        if found is None:
             return None
-        path = found[-1]
+        path = found
     else:
         path = Path(resume_from)
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    marker = path / CHECKPOINT_MARKER
-    if not marker.is_file():
+    state = checkpoint_state(path)
+    if state == "incomplete":
+        raise IncompleteCheckpointError(
+            f"{path} is incomplete: its writing was interrupted (no {CHECKPOINT_MARKER}, or a file it lists is missing "
+            "or cut short). Resume from an earlier checkpoint, or give --resume_from_checkpoint latest to take the "
+            "newest complete one"
+        )
+    if state == "0.1.0":
         raise CheckpointVersionError(
             f"{path} was written by slim-diffusers 0.1.0, whose training scripts saved the compressor, decompressor "
             "and control module as three separate Accelerate models; this version trains them as one module and "
             "cannot resume it. Resume it with slim-diffusers 0.1.0, or start a new run from the last pipeline it saved "
             "(--pretrained_model_name_or_path <its output_dir>)"
         )
-    found_format = json.loads(marker.read_text()).get("checkpoint_format")
-    if found_format != CHECKPOINT_FORMAT:
+    if state != "complete":
         raise CheckpointVersionError(
-            f"{path} has checkpoint format {found_format}; this slim-diffusers resumes format {CHECKPOINT_FORMAT}"
+            f"{path} has checkpoint {state}; this slim-diffusers resumes format {CHECKPOINT_FORMAT}"
         )
     return path
 
@@ -451,7 +531,7 @@ def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
     template = (HUB_CARDS / "model_card.md").read_text(encoding="utf-8")
     text = template.format(
         metadata=data.to_yaml(),
-        repo_id=args.hub_model_id or output_dir.name,
+        repo_id=args.hub_model_id or Path(args.output_dir).name,
         base_model=base,
         dataset=dataset,
         stage=args.stage,

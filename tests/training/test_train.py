@@ -1,8 +1,6 @@
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,37 +111,6 @@ def test_stage1_trains_only_the_trainable_parts_and_writes_a_loadable_pipeline(s
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "diffusers" and "slim-diffusers" in card.data.tags
     assert "λrate=1.0" in card.text and "val/bpp" in card.text
-
-
-def test_killed_run_resumes_to_the_same_weights(setup):
-    reference = setup / "reference"
-    run(STAGE1, setup, reference, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "0")
-
-    interrupted = setup / "interrupted"
-    proc = run(STAGE1, setup, interrupted, "--max_train_steps", "1000", "--checkpointing_steps", "3",
-               "--validation_steps", "0", wait=False)
-    deadline = time.time() + 300
-    while not (interrupted / "checkpoint-3").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint finish writing, then kill without warning
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (interrupted / "checkpoint-3").is_dir() and not (interrupted / "model_index.json").exists()
-    for later in interrupted.glob("checkpoint-*"):
-        if later.name != "checkpoint-3":  # resume from exactly step 3
-            import shutil
-
-            shutil.rmtree(later)
-
-    run(STAGE1, setup, interrupted, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "0",
-        "--resume_from_checkpoint", "latest")
-    import json
-
-    assert json.loads((interrupted / "training_state.json").read_text())["global_step"] == 6
-    for component in ("compressor", "decompressor", "controlnet"):
-        a, b = weights(reference, component), weights(interrupted, component)
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{component}.{key}")
 
 
 def test_stage2_with_lora_runs_and_reloads(setup, tmp_path):
