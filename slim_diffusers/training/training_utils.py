@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from ..semantics.roi import classifier_inputs, roi_mask_to_array
-from ..utils.file_utils import fsync_tree, remove_tree, replace_directory, staged_directory, sweep_leftovers, write_atomically
+from ..utils.file_utils import fsync_tree, remove_tree, replace_directory, sweep_leftovers, write_atomically
 from .dataset_builder import HUB_CARDS
 from .losses import LossWeights, slim_losses
 
