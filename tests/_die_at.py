@@ -4,7 +4,7 @@
 
 The process kills itself just before the N-th call of FUNCTION (counting only calls whose path argument contains
 SUBSTRING), so everything written before that call is on disk and nothing of the call itself happened; with
-``FUNCTION+half`` the call runs, its file is cut to half its size, and then the process dies (a write cut short).
+``FUNCTION+half`` the call runs, its file (a folder's largest) is cut to half its size, and then the process dies (a write cut short).
 ``SLIM_DIE_RANK=R`` arms it only in the process of that rank (``RANK`` of a multi-process launch). Only this test
 helper reads these variables: the package has no fault-injection code in it.
 """
@@ -48,8 +48,11 @@ def arm(spec: str) -> None:
             if calls["n"] == int(count):
                 if half:
                     real(*args, **kwargs)
-                    with open(path, "rb+") as f:
-                        f.truncate(os.path.getsize(path) // 2)
+                    files = [path] if os.path.isfile(path) else [os.path.join(root, f) for root, _, names in os.walk(path)
+                                                                 for f in names]
+                    biggest = max(files, key=os.path.getsize)  # a folder (save_to_disk): its largest file
+                    with open(biggest, "rb+") as f:
+                        f.truncate(os.path.getsize(biggest) // 2)
                 sys.stderr.write(f"_die_at: killed at {name} #{count} ({path})\n")
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -33,6 +33,7 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 
 from slim_diffusers.semantics.captioning import DEFAULT_CAPTIONER, DEFAULT_MAX_NEW_TOKENS, caption_bits, load_captioner
+from slim_diffusers.utils.file_utils import write_atomically
 from slim_diffusers.semantics.roi import DEFAULT_ROI_CLASSIFIER, load_roi_classifier, roi_mask_to_array
 from slim_diffusers.training.dataset_builder import (
     HUB_CARDS,
@@ -235,7 +236,7 @@ def main(argv=None):
             repo_id = create_repo(repo_id, repo_type="dataset", exist_ok=True, private=args.private,
                                   token=args.hub_token).repo_id
         card = render_dataset_card(dataset, build, repo_id, args.license)
-        card.save(output_dir / "README.md")
+        write_atomically(output_dir / "README.md", str(card).encode("utf-8"))
         if args.push_to_hub:
             # the card goes first: datasets' push_to_hub keeps an existing card's text and adds its own
             # metadata (dataset_info, configs) to it, where it would otherwise write a bare card

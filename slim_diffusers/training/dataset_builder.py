@@ -39,6 +39,7 @@ import numpy as np
 
 from ..semantics.captioning import DEFAULT_MAX_NEW_TOKENS, generate_captions
 from ..semantics.roi import compute_roi_masks, roi_mask_to_image
+from ..utils.file_utils import fsync_directory, fsync_tree, remove_tree, replace_directory, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +207,7 @@ def _check_or_write_config(work_dir: Path, config: BuildConfig, write: bool) -> 
             )
     elif write:
         work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(wanted, indent=2))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(wanted, indent=2).encode())
 
 
 def build_dataset(
@@ -248,6 +247,9 @@ def build_dataset(
     done = output_dir / CONFIG_FILE
     if done.is_file() and json.loads(done.read_text()) == config.to_dict():
         logger.info(f"{output_dir} is already built with these settings; nothing to do")
+        if state.is_main_process and not keep_chunks and work_dir.exists():
+            remove_tree(work_dir)  # a run killed after publishing the dataset, before removing its chunks
+        state.wait_for_everyone()
         return datasets.load_from_disk(str(output_dir))
     if state.is_main_process:
         _check_or_write_config(work_dir, config, write=True)
@@ -279,9 +281,11 @@ def build_dataset(
             )
             part = datasets.concatenate_datasets([rows, annotations], axis=1)
             final, tmp = _chunk_dir(work_dir, k), work_dir / f"tmp-chunk-{k:05d}-{state.process_index}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # what a killed attempt at this chunk left
             part.save_to_disk(str(tmp))
+            fsync_tree(tmp)  # on disk before its name says it is complete
             os.replace(tmp, final)
+            fsync_directory(work_dir)
     state.wait_for_everyone()
 
     if state.is_main_process:
@@ -292,10 +296,9 @@ def build_dataset(
         full.save_to_disk(str(tmp))
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))  # marks the build as complete
         del parts, full  # release the memory-mapped chunk files before they are removed
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
+        fsync_tree(tmp)
+        replace_directory(tmp, output_dir)  # the earlier dataset or this one at every instant, never a mix
         if not keep_chunks:
-            shutil.rmtree(work_dir)
+            remove_tree(work_dir)
     state.wait_for_everyone()
     return datasets.load_from_disk(str(output_dir))

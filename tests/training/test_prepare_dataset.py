@@ -252,3 +252,38 @@ def test_cam_target_auto_explains_labels_only_in_the_classifiers_label_space():
     assert resolve_cam_target("label", None, classifier) == "label"
     with pytest.raises(ValueError, match="cam_target"):
         resolve_cam_target("gt", names, classifier)
+
+
+def test_a_build_killed_at_a_chunk_or_at_the_final_write_resumes_to_the_same_rows(tmp_path, models, prepare):
+    # killed (SIGKILL, tests/_die_at.py) while writing its second chunk, then while publishing the dataset over an
+    # earlier build: each run again resumes, and the result has the rows of an uninterrupted build
+    source_dir = tmp_path / "source"
+    toy_world.as_dataset(6, seed=6, size=48).save_to_disk(str(source_dir))
+    common = ["--dataset_name", source_dir, "--num_samples", 0, "--classifier_name_or_path", models / "classifier",
+              "--captioner_name_or_path", models / "captioner", "--chunk_size", 2, "--batch_size", 2]
+    prepare.main([*map(str, common), "--output_dir", str(tmp_path / "reference")])
+    out = tmp_path / "built"
+    earlier = toy_world.as_dataset(3, seed=9, size=48)
+    earlier.save_to_disk(str(out))  # an earlier dataset at the output path: replaced whole or left whole
+
+    def run(die_at=None):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("SLIM_DIE_AT", None)
+        if die_at:
+            env["SLIM_DIE_AT"] = die_at
+        cmd = [sys.executable, str(REPO / "tests" / "_die_at.py"), str(SCRIPT), *map(str, common), "--output_dir", str(out)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    killed = run("datasets.Dataset.save_to_disk+half:2:tmp-chunk")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "built.chunks").iterdir() if p.name.startswith("chunk-")) == ["chunk-00000"]
+    assert datasets.load_from_disk(str(out))["label"] == earlier["label"]
+    killed = run(f"slim_diffusers.utils.file_utils.replace_directory:1:{out}")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert datasets.load_from_disk(str(out))["label"] == earlier["label"]  # still the earlier build, whole
+    done = run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, resumed = datasets.load_from_disk(str(tmp_path / "reference")), datasets.load_from_disk(str(out))
+    assert one["caption"] == resumed["caption"] and one["label"] == resumed["label"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(one["roi_mask"], resumed["roi_mask"]))
+    assert not (tmp_path / "built.chunks").exists() and (out / "README.md").is_file()
