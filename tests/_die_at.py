@@ -1,6 +1,7 @@
 """Run a Python script and kill it with SIGKILL at a chosen write point: fault injection for the crash-safety tests.
 
     SLIM_DIE_AT="FUNCTION:N[:SUBSTRING]" python tests/_die_at.py SCRIPT [ARGS...]
+    SLIM_DIE_AT="FUNCTION:N[:SUBSTRING]" python tests/_die_at.py -m MODULE [ARGS...]
 
 The process kills itself just before the N-th call of FUNCTION (counting only calls whose path argument contains
 SUBSTRING), so everything written before that call is on disk and nothing of the call itself happened; with
@@ -66,7 +67,11 @@ if __name__ == "__main__":
     rank = os.environ.get("SLIM_DIE_RANK")
     if spec and (rank is None or rank == os.environ.get("RANK", "0")):
         arm(spec)  # before the script imports what it writes with (``from x import f`` then binds the wrapper)
-    script = sys.argv[1]
-    sys.argv = sys.argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    if sys.argv[1] == "-m":  # _die_at.py -m MODULE [ARGS...], as python -m
+        sys.argv = sys.argv[2:]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        script = sys.argv[1]
+        sys.argv = sys.argv[1:]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+        runpy.run_path(script, run_name="__main__")

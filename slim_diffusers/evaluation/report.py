@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.file_utils import write_atomically
 from .bd_rate import METHODS, BDRateError, bd_accuracy, bd_rate
 
 METRICS = ("top1", "top5")
@@ -89,7 +90,7 @@ def plot_rate_accuracy(summary: Summary, classifiers: Sequence[str], path: os.Pa
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -197,7 +198,7 @@ def write_report(
         "bd_on_monotone_envelopes": envelope,
         **(extra or {}),
     }
-    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_atomically(out_dir / "summary.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     plot_rate_accuracy(summary, classifiers, out_dir / "rate_accuracy.png")
-    (out_dir / "bd_rate.md").write_text(bd_rate_table(summary, classifiers, anchor, envelope=envelope), encoding="utf-8")
+    write_atomically(out_dir / "bd_rate.md", bd_rate_table(summary, classifiers, anchor, envelope=envelope).encode("utf-8"))
     return report

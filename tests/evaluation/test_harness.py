@@ -263,3 +263,41 @@ def test_batched_evaluation_writes_the_bytes_of_one_at_a_time(eval_model_dir, ev
     assert np.abs(alone - together).max() <= 2
     # resuming finds everything done
     assert Evaluation(tmp_path / "batched", codecs, [classifier]).run(samples, batch_size=3) == 0
+
+
+@pytest.mark.parametrize("spec", [
+    "slim_diffusers.utils.file_utils.write_atomically:3:bitstreams",  # the third file of the run
+    "slim_diffusers.utils.file_utils.write_atomically:1:summary.json",  # every row written, the report not
+])
+def test_an_evaluation_killed_at_a_write_resumes_to_the_rows_of_an_uninterrupted_one(
+    eval_classifier_dir, eval_dataset_dir, tmp_path, spec
+):
+    def evaluate(out, die_at=None):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("SLIM_DIE_AT", None)
+        if die_at:
+            env["SLIM_DIE_AT"] = die_at
+        command = [sys.executable, str(REPO_ROOT / "tests" / "_die_at.py"), "-m", "slim_diffusers.cli", "evaluate",
+                   "--dataset", str(eval_dataset_dir), "--classifiers", str(eval_classifier_dir), "--num_samples", "3",
+                   "--baselines", "jpeg", "--qualities", "10", "50", "-o", str(out)]
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    def measured(out):  # a row without its timings
+        return sorted((r["codec"], r["rate_point"], r["index"], r["bytes"], json.dumps(r["top5"]))
+                      for r in _rows(out / "rows.jsonl"))
+
+    reference = evaluate(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "killed"
+    killed = evaluate(out, spec)
+    assert killed.returncode == -9 and "_die_at: killed" in killed.stderr, killed.stderr[-3000:]
+    assert not (out / "summary.json").exists() and not list(out.rglob(".slim-*.tmp"))
+    resumed = evaluate(out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert measured(out) == measured(tmp_path / "reference")
+    summary, expected = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "reference"))
+    def accuracy(codecs):
+        return {(c, p): [e[k] for k in ("images", "mean_bpp", "mean_bytes", "top1", "top5")]
+                for c, points in codecs.items() for p, e in points.items()}
+
+    assert summary["complete"] and accuracy(summary["codecs"]) == accuracy(expected["codecs"])
