@@ -31,6 +31,7 @@ import torch
 from slim_diffusers import toy_world
 from slim_diffusers.evaluation import statistics
 from slim_diffusers.evaluation.harness import latest_rows
+from slim_diffusers.utils.file_utils import write_atomically
 
 BASELINES = ("JPEG", "WebP", "AVIF", "bmshj2018 MSE", "bmshj2018 task")
 MAIN_CURVES = ("SLIM", "SLIM w/o diffusion", "SLIM empty caption", "SLIM w/o RoI", "caption only", *BASELINES)
@@ -250,13 +251,13 @@ def write_results(work: Path, res: Path, results: dict) -> None:
     statistics.write_rows_gz(rows, res / "rows.jsonl.gz")
     summary = results.pop("summary")
     bd = results.pop("bd_against_jpeg")
-    (res / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (res / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(res / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_atomically(res / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
     classifiers = bd["classifiers"]
     curves = [c for c in MAIN_CURVES if c in summary]
     statistics.plot_rate_accuracy_bands(summary, classifiers, res / "rate_accuracy.png", codecs=curves,
                                         titles=dict(zip(classifiers, ["ResNet (RoI masks, task loss, evaluation)",
                                                                       "ResNet-B (never seen in training)"])))
-    (res / "bd_rate.md").write_text(statistics.bd_table_with_intervals(bd))
+    write_atomically(res / "bd_rate.md", statistics.bd_table_with_intervals(bd).encode("utf-8"))
     shutil.copy(work / "eval" / "summary.json", res / "harness_summary.json")
     print(f"results in {res}", flush=True)

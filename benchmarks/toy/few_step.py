@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     from slim_diffusers.evaluation.codecs import SLIMCodec
     from slim_diffusers.evaluation.harness import Classifier, latest_rows
     from slim_diffusers.evaluation.run import run_evaluation
+    from slim_diffusers.utils.file_utils import write_atomically
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", type=Path, default=run_toy.REPO / "outputs" / "toy-v2")
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
             entry.update({clf: run_toy.claims.accuracy_of(mine, codec.name, point, clf) for clf in run_toy.CLASSIFIERS})
             results["accuracy"].setdefault(point, {})[codec.name] = entry
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(args.results_dir / f"{stem}.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
     lines = [f"# Few-step decoding, toy world v2 ({args.num_images} test images, {results['date']}; DDIM, "
              f"{args.timestep_spacing} timestep spacing)", "",
              "Top-1 (%) with 95 % Wilson intervals; ResNet / ResNet-B; decode seconds per image (batches of "
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
             cell = lambda c: f"{e[c]['top1']:.1f} [{e[c]['low']:.1f}, {e[c]['high']:.1f}]"  # noqa: E731
             lines.append(f"| {s:g} | {k} | {cell('resnet')} | {cell('resnet_b')} | {e['decode_seconds_per_image']:.3f} |")
         lines.append("")
-    (args.results_dir / f"{stem}.md").write_text("\n".join(lines))
+    write_atomically(args.results_dir / f"{stem}.md", ("\n".join(lines)).encode("utf-8"))
     print("\n".join(lines))
     return 0
 

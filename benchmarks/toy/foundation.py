@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from slim_diffusers.utils.file_utils import write_atomically
 from slim_diffusers import toy_world
 from slim_diffusers.testing import tiny_classifier, tiny_text_encoder, tiny_tokenizer
 
@@ -55,7 +56,7 @@ def _done(path: Path) -> bool:
 
 
 def _mark_done(path: Path, info: dict) -> None:
-    (path / "toy_done.json").write_text(json.dumps(info, indent=2))
+    write_atomically(path / "toy_done.json", json.dumps(info, indent=2).encode())
 
 
 # ----------------------------------------------------------------------------------------------------- VAE

@@ -48,6 +48,12 @@ import claims  # noqa: E402  (this folder is the script's: on sys.path when run 
 import foundation  # noqa: E402
 from foundation import BASELINE_TRAIN_SEED, IMAGE_SIZE, SLIM_TRAIN_SEED, TEST_SEED  # noqa: E402
 
+from slim_diffusers.utils.file_utils import (  # noqa: E402
+    fsync_tree,
+    replace_directory,
+    staged_directory,
+    write_atomically,
+)
 from slim_diffusers import toy_world  # noqa: E402
 
 # SLIM's codec at toy scale: the 4×24×24 latent of a 96² image → y 48×12×12 (stride 2), z 32×3×3
@@ -147,7 +153,8 @@ def run_chains(chains: Dict[str, List[Job]], work: Path, timings: dict, record: 
                 timings[job.name] = round(time.perf_counter() - t0, 1)
                 if record is not None:
                     recorded = json.loads(record.read_text()) if record.is_file() else {}
-                    record.write_text(json.dumps({**recorded, job.name: timings[job.name]}, indent=2) + "\n")
+                    recorded[job.name] = timings[job.name]
+                    write_atomically(record, (json.dumps(recorded, indent=2) + "\n").encode())
             log(f"{job.name}: {timings[job.name]} s")
 
     with ThreadPoolExecutor(max_workers=max(len(chains), 1)) as pool:
@@ -187,22 +194,23 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict, learned_baseline
     if not check.is_file():
         result = foundation.text_to_image_accuracy(f / "sd", f / "resnet", per_class=8 if cfg is not SMOKE else 1,
                                                    steps=20 if cfg is not SMOKE else 2)
-        check.write_text(json.dumps(result))
+        write_atomically(check, json.dumps(result).encode())
     info["ldm"]["text_to_image"] = json.loads(check.read_text())
     ceiling = f / "vae" / "ceiling.json"
     if not ceiling.is_file():
-        ceiling.write_text(json.dumps(foundation.vae_ceiling(f / "vae", f / "resnet", n=500 if cfg is not SMOKE else 4)))
+        measured = foundation.vae_ceiling(f / "vae", f / "resnet", n=500 if cfg is not SMOKE else 4)
+        write_atomically(ceiling, json.dumps(measured).encode())
     info["vae"]["classifier_on_reconstructions"] = json.loads(ceiling.read_text())
     return info
 
 
 def stage_data(work: Path, cfg: ToyConfig, timings: dict) -> None:
     data = work / "data"
-    if not (data / "test" / "dataset_info.json").is_file():
-        toy_world.as_dataset(cfg.num_test, seed=TEST_SEED, size=IMAGE_SIZE).save_to_disk(str(data / "test"))
+    for folder, n, seed in ((data / "test", cfg.num_test, TEST_SEED), (data / "train-raw", cfg.num_train, SLIM_TRAIN_SEED)):
+        if not (folder / "dataset_info.json").is_file():
+            with staged_directory(folder) as stage:  # a kill while it is written leaves no folder that looks done
+                toy_world.as_dataset(n, seed=seed, size=IMAGE_SIZE).save_to_disk(str(stage))
     raw = data / "train-raw"
-    if not (raw / "dataset_info.json").is_file():
-        toy_world.as_dataset(cfg.num_train, seed=SLIM_TRAIN_SEED, size=IMAGE_SIZE).save_to_disk(str(raw))
     run_chains({"data": [Job("data/prepare_dataset", [
         sys.executable, REPO / "training" / "prepare_dataset.py", "--dataset_name", raw, "--split", "train",
         "--num_samples", 0, "--classifier_name_or_path", work / "foundation" / "resnet", "--caption_column", "caption",
@@ -406,11 +414,14 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
     replaces the run's decoding settings."""
     import datasets
 
+    from slim_diffusers.training.convert_exact import convert_pipeline_folder, toy_world_images
+
     assets = REPO / "slim_diffusers" / "assets"
-    target = assets / "toy"
+    bundled = assets / "toy"
+    # built beside the bundled model and swapped in whole: a kill leaves the earlier one in place
+    target = bundled.with_name(".toy.export")
     if target.exists():
         shutil.rmtree(target)
-    from slim_diffusers.training.convert_exact import convert_pipeline_folder, toy_world_images
 
     rate = min(cfg.rate_points)
     if model is None:
@@ -420,8 +431,12 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
     # the bundled model decodes bit-exactly on every device: its entropy model converted to integers
     convert_pipeline_folder(target / "slim", None, toy_world_images(32, size=IMAGE_SIZE))
     shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
-    (target / "demo.json").write_text(json.dumps({**demo, "decode": dict(decode or cfg.decode)}, indent=2) + "\n")
+    settings = {**demo, "decode": dict(decode or cfg.decode)}
+    write_atomically(target / "demo.json", (json.dumps(settings, indent=2) + "\n").encode())
     write_asset_readme(target, trained_as, command)
+    fsync_tree(target)
+    replace_directory(target, bundled)
+    target = bundled
     images = assets / "images"
     for old in images.glob("*.png"):
         old.unlink()
@@ -435,7 +450,7 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
 
 
 def write_asset_readme(target: Path, trained_as: str, command: str) -> None:
-    (target / "README.md").write_text(f"""# Bundled toy SLIM model
+    write_atomically(target / "README.md", (f"""# Bundled toy SLIM model
 
 What `slim demo` (`make demo`) runs offline. Written by `python {command}`.
 
@@ -449,7 +464,7 @@ What `slim demo` (`make demo`) runs offline. Written by `python {command}`.
 
 It knows the toy world only. Results and how they were measured: the README's "Toy-scale reproduction on
 CPU" and `benchmarks/toy/results/`.
-""")
+""").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -481,7 +496,7 @@ def main(argv=None) -> int:
         saved["jobs"].update(timings)
         if any(job.startswith(STAGE_JOBS[name]) for job in set(timings) - before):
             saved["stages"][name] = round(time.perf_counter() - t_stage, 1)
-        stage_file.write_text(json.dumps(saved, indent=2) + "\n")
+        write_atomically(stage_file, (json.dumps(saved, indent=2) + "\n").encode("utf-8"))
         return result
 
     t0 = time.perf_counter()
@@ -493,7 +508,7 @@ def main(argv=None) -> int:
     t_claims = time.perf_counter()
     results = claims.measure(work, cfg, models, report, rate_label, load_pipeline)
     saved["stages"]["claims"] = round(time.perf_counter() - t_claims, 1)
-    stage_file.write_text(json.dumps(saved, indent=2) + "\n")
+    write_atomically(stage_file, (json.dumps(saved, indent=2) + "\n").encode("utf-8"))
     results.update({
         "foundation": foundation_info,
         "config": {**asdict(cfg), "codec": TOY_CODEC, "image_size": IMAGE_SIZE, "classifiers": CLASSIFIERS,

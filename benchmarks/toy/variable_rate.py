@@ -203,19 +203,20 @@ def measure(work: Path, toy: run_toy.ToyConfig, cfg: VariableRateConfig, seconds
 
 def write_results(work: Path, res: Path, results: dict) -> None:
     from slim_diffusers.evaluation import statistics
+    from slim_diffusers.utils.file_utils import write_atomically
     from slim_diffusers.evaluation.harness import latest_rows
 
     res.mkdir(parents=True, exist_ok=True)
     statistics.write_rows_gz(latest_rows(work / "vr-eval"), res / "rows.jsonl.gz")
     summary, bd = results.pop("summary"), results.pop("bd_table")
-    (res / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (res / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(res / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_atomically(res / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
     classifiers = bd["classifiers"]
     statistics.plot_rate_accuracy_bands(summary, classifiers, res / "rate_accuracy.png",
                                         codecs=[c for c in CURVES if c in summary],
                                         titles=dict(zip(classifiers, ["ResNet (RoI masks, task loss, evaluation)",
                                                                       "ResNet-B (never seen in training)"])))
-    (res / "bd_rate.md").write_text(statistics.bd_table_with_intervals(bd))
+    write_atomically(res / "bd_rate.md", statistics.bd_table_with_intervals(bd).encode("utf-8"))
     print(f"results in {res}", flush=True)
 
 
