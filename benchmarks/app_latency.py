@@ -6,7 +6,9 @@ the model's own decode settings.
     .venv/bin/python benchmarks/app_latency.py                 # 21 requests, 2 torch threads
     .venv/bin/python benchmarks/app_latency.py --requests 5    # a quick look
 
-Prints the median and the range, the machine's load average before and after, and the model's loading time.
+Prints the median and the range of the wall-clock time, the median CPU time of this process (server and client;
+what the request costs whatever else runs), the machine's load average before and after, and the model's loading
+time.
 """
 
 import argparse
@@ -41,16 +43,17 @@ def main():
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     images = demo.bundled_images()
     steps, strength = demo.decode["num_inference_steps"], demo.decode["strength"]
-    times = []
+    times, cpu = [], []
     try:
         for i in range(args.requests + 1):  # the first request warms up and is not counted
             image = images[i % len(images)]
             rate = i % max(demo.rate_levels, 1)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             client.predict(handle_file(str(image)), rate, steps, strength, demo.bundled_caption(image),
                            api_name="/compress")
             if i:
                 times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
     finally:
         page.close()
     load_after = os.getloadavg()
@@ -58,7 +61,7 @@ def main():
           f"images, rates 0…{max(demo.rate_levels - 1, 0)}, {steps} steps at strength {strength:g}), "
           f"{args.threads} torch threads")
     print(f"per request: median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms, "
-          f"max {max(times) * 1000:.0f} ms")
+          f"max {max(times) * 1000:.0f} ms; CPU time median {statistics.median(cpu) * 1000:.0f} ms")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} CPUs)")
 
 
