@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # an upload is coded on the server's CPU: larger images take minutes (see `slim compress` for those)
 DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024
 SEED = 0
+KEPT_REQUESTS = 64
 
 
 class AppInputError(ValueError):
@@ -101,7 +102,14 @@ class SLIMDemo:
 
     # ------------------------------------------------------------------------------------------------- work
     def _request_dir(self) -> Path:
+        """A fresh folder for one request's files; only the newest ``KEPT_REQUESTS`` are kept, so that a server
+        running for weeks does not fill its disk (Gradio serves its own copies of what it shows)."""
+        import shutil
+
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        folders = sorted((f for f in self.work_dir.iterdir() if f.is_dir()), key=lambda f: f.stat().st_mtime)
+        for old in folders[:max(0, len(folders) - KEPT_REQUESTS + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=self.work_dir))
 
     def _top5(self, image) -> Dict[str, float]:
@@ -130,8 +138,8 @@ class SLIMDemo:
                 progress(0.3 + 0.6 * (step + 1) / max(1, num_inference_steps), "denoising")
             return tensors
 
-        # the limit was checked on the header already (an upload) or the image is the demo's own (an upload's size
-        # was checked before coding): decoding again under the format's limit
+        # no second pixel limit here: an upload's header was checked against the decoding limit, and an image the
+        # demo coded itself was checked against max_image_pixels before coding
         plain = self.pipe.decompress(bitstream, use_diffusion=False, max_pixels=bitstream.width * bitstream.height
                                      ).images[0]
         if progress is not None:
@@ -282,7 +290,8 @@ def build_demo(model: str = BUNDLED_MODEL, classifier: Optional[str] = None, dev
         return summary, [(plain, "decoded without diffusion"), (diffused, "decoded with diffusion")], str(bit_map), top5
 
     name = demo.model.name
-    with gr.Blocks(title="SLIM: image compression for machines") as page:
+    # delete_cache: Gradio's copies of uploads and results older than an hour go, checked every hour
+    with gr.Blocks(title="SLIM: image compression for machines", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             f"# SLIM: image compression for machines\n"
             f"Compress an image into a `.slim` file of a few hundred bytes that a classifier at the other end reads "

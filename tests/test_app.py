@@ -181,3 +181,16 @@ def test_in_a_browser_upload_move_the_rate_slider_read_bytes_and_decoded_image(d
             shutil.copy(shot, os.environ["SLIM_APP_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+def test_only_the_newest_request_folders_are_kept(tmp_path, monkeypatch):
+    import slim_diffusers.app as app
+
+    demo = SLIMDemo.__new__(SLIMDemo)  # the folder bookkeeping needs no model
+    demo.work_dir = tmp_path
+    monkeypatch.setattr(app, "KEPT_REQUESTS", 3)
+    made = []
+    for i in range(5):
+        made.append(demo._request_dir())
+        os.utime(made[-1], (i, i))  # oldest first, whatever the file system's clock resolution
+    assert sorted(p for p in tmp_path.iterdir()) == sorted(made[-3:])
