@@ -1,8 +1,29 @@
 import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 VERSION = re.search(r'^__version__ = "([^"]+)"', open("slim_diffusers/__init__.py", encoding="utf-8").read(), re.M).group(1)
+
+
+
+class BuildPyWithHubCards(build_py):
+    """Ships the top-level ``hub_cards/`` (model and dataset card templates, kept there so that the checkout
+    shows where a card comes from) inside the wheel as ``slim_diffusers/hub_cards``, where an installed
+    training script looks for it. An editable install reads the checkout's folder and copies nothing; a
+    ``package_dir`` mapping would do the same for the wheel but push editable installs onto setuptools'
+    import-hook strategy."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        target = Path(self.build_lib) / "slim_diffusers" / "hub_cards"
+        self.mkpath(str(target))
+        for card in sorted(Path("hub_cards").glob("*.md")):
+            self.copy_file(str(card), str(target / card.name))
+
 
 setup(
     name="slim-diffusers",
@@ -17,7 +38,8 @@ setup(
     package_dir={"": "."},
     # data files by explicit globs only: include_package_data would also take them from the sdist manifest and warn
     # that each data folder ("slim_diffusers.assets.toy.slim.unet", ...) looks like a package left out
-    package_data={"slim_diffusers": ["assets/**/*", "hub_cards/*.md"]},
+    package_data={"slim_diffusers": ["assets/**/*"]},
+    cmdclass={"build_py": BuildPyWithHubCards},
     python_requires=">=3.10",
     install_requires=[
         # torch is left unpinned on purpose: the registry's newest build with its matching torchvision
@@ -40,7 +62,10 @@ setup(
     ],
     extras_require={
         "train": ["lpips", "tensorboard", "matplotlib", "scipy"],
-        "test": ["pytest", "lpips", "matplotlib", "scipy", "tensorboard"],
+        # the web demo (`slim app`, slim_diffusers.app); matplotlib draws its bit-allocation map
+        "app": ["gradio>=5", "matplotlib"],
+        # gradio_client and selenium drive the web demo's tests (Chromium comes from the system: .ci/run)
+        "test": ["pytest", "lpips", "matplotlib", "scipy", "tensorboard", "gradio>=5", "gradio_client", "selenium"],
     },
     entry_points={"console_scripts": ["slim=slim_diffusers.cli:main"]},
 )

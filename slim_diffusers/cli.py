@@ -544,6 +544,24 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_app(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise CLIError('the web demo needs gradio: pip install -e ".[app]" (or pip install "slim-diffusers[app]")')
+    _resolve_model(args.model)  # a wrong --model is one line before anything loads
+    if args.classifier and not (Path(args.classifier) / "config.json").is_file():
+        raise CLIError(f"no classifier at {args.classifier} (a folder written by save_pretrained)")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: nothing is sent anywhere
+
+    from .app import build_demo, launch
+
+    page = build_demo(args.model, classifier=args.classifier, device=args.device,
+                      max_image_pixels=args.max_image_pixels)
+    launch(page, host=args.host, port=args.port)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -714,6 +732,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
     p.add_argument("--strength", type=_strength, default=None, help=strength_help)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("app", parents=[common],
+                       help="serve the web demo (Gradio; needs the app extra): compress, decode and inspect in a browser")
+    p.add_argument("--model", default=BUNDLED_MODEL, help=f"the SLIM model (default: {BUNDLED_MODEL}, the bundled one)")
+    p.add_argument("--classifier", default=None,
+                   help="classifier shown on the original and the reconstruction (default: the bundled toy one with "
+                   "the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_positive_int, default=7860, help="port (default: 7860)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("--max-image-pixels", dest="max_image_pixels", type=_positive_int, default=1024 * 1024,
+                   help="refuse uploaded images of more pixels (default: 1048576 = 1024×1024)")
+    p.set_defaults(func=_cmd_app)
     return parser
 
 

@@ -14,7 +14,7 @@ classes). Model passes are spread over the processes of an Accelerate launch, on
 process/GPU; a plain ``python`` run is one process and needs no ``accelerate config``. A build that was
 interrupted resumes from its finished chunks when run again with the same flags. The result is written
 with ``save_to_disk`` (``--train_data_dir`` of the training scripts) together with a dataset card
-(``README.md`` from ``slim_diffusers/hub_cards/dataset_card.md``); ``--push_to_hub`` uploads both.
+(``README.md`` from ``hub_cards/dataset_card.md``); ``--push_to_hub`` uploads both.
 
 Tiny local models for CI and smoke runs: ``python -m slim_diffusers.testing save-tiny-roi-models DIR``
 writes ``DIR/classifier`` and ``DIR/captioner`` to pass as ``--classifier_name_or_path`` and

@@ -47,8 +47,15 @@ COLUMNS = ("image", "label", "roi_mask", "caption")
 CONFIG_FILE = "build_config.json"
 
 
-# templates of the model and dataset cards (package data)
-HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
+def _hub_cards_folder() -> Path:
+    """The model and dataset card templates: ``slim_diffusers/hub_cards`` in an installed wheel (setup.py copies
+    them there), the top-level ``hub_cards/`` of the checkout that is their one source otherwise."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "hub_cards"
+    return installed if installed.is_dir() else package.parent / "hub_cards"
+
+
+HUB_CARDS = _hub_cards_folder()
 
 class BuildConfigMismatchError(ValueError):
     """The chunk directory of an interrupted build was made with other settings than this run's."""

@@ -513,25 +513,37 @@ def format_version_text(args, weights: LossWeights) -> str:
 def write_model_card(args, output_dir: Path, metrics: dict, global_step: int):
     """``README.md`` of the output from ``hub_cards/model_card.md``. The YAML header is written by
     ``huggingface_hub.ModelCardData``; ``base_model`` and ``datasets`` name Hub ids only (a local path is not
-    valid Hub metadata, so it is named in the text instead)."""
-    from huggingface_hub import ModelCard, ModelCardData
-
+    valid Hub metadata, so it is named in the text instead). The validation metrics go both into the card's
+    table and into the Hub's ``model-index`` (``huggingface_hub.EvalResult``), which the Hub shows beside the
+    model; a run without validation claims none."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = args.pretrained_model_name_or_path
     dataset = args.dataset_name or args.train_data_dir
+    hub_dataset = None if args.dataset_name is None or Path(args.dataset_name).exists() else args.dataset_name
+    repo_id = args.hub_model_id or Path(args.output_dir).name  # output_dir may be the staging folder of the save
     weights = loss_weights(args)
+    eval_results = [
+        EvalResult(task_type="image-to-image", task_name="Image compression for machines",
+                   dataset_type=hub_dataset or "local", dataset_name=hub_dataset or Path(str(dataset)).name,
+                   dataset_split="validation", metric_type=name.removeprefix("val/"), metric_name=name,
+                   metric_value=float(value))
+        for name, value in sorted(metrics.items())
+    ]
     data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
         base_model=None if Path(base).exists() else base,
-        datasets=None if args.dataset_name is None or Path(args.dataset_name).exists() else [args.dataset_name],
+        datasets=None if hub_dataset is None else [hub_dataset],
         tags=["slim-diffusers", "image-compression", "coding-for-machines", "stable-diffusion", "controlnet"],
         pipeline_tag="image-to-image",
+        model_name=repo_id if eval_results else None,
+        eval_results=eval_results or None,
     )
     template = (HUB_CARDS / "model_card.md").read_text(encoding="utf-8")
     text = template.format(
         metadata=data.to_yaml(),
-        repo_id=args.hub_model_id or Path(args.output_dir).name,
+        repo_id=repo_id,
         base_model=base,
         dataset=dataset,
         stage=args.stage,
