@@ -55,3 +55,49 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomically(path, fail)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_directory_swaps_in_the_new_folder_whole(tmp_path, monkeypatch, exchange):
+    from slim_diffusers.utils import file_utils
+
+    if not exchange:  # a system without renameat2(RENAME_EXCHANGE): the old folder is moved aside first
+        monkeypatch.setattr(file_utils, "_exchange", lambda a, b: False)
+    old, new = tmp_path / "data", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    (old / "a").write_text("old"), (old / "only-old").write_text("x"), (new / "a").write_text("new")
+    file_utils.replace_directory(new, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert sorted(p.name for p in old.iterdir()) == ["a"] and (old / "a").read_text() == "new"
+    file_utils.replace_directory(_folder(tmp_path / "fresh"), tmp_path / "created")  # nothing there before
+    assert (tmp_path / "created").is_dir() and not (tmp_path / "fresh").exists()
+
+
+def _folder(path):
+    path.mkdir()
+    return path
+
+
+def test_a_staged_folder_appears_whole_and_sweeps_only_its_own_leftovers(tmp_path):
+    from slim_diffusers.utils.file_utils import staged_directory
+
+    other = tmp_path / ".other.slim-staging-1234abcd"  # another folder's save in progress: not touched
+    mine = tmp_path / ".out.slim-staging-deadbeef"  # a killed save of this folder: swept
+    other.mkdir(), mine.mkdir()
+    with staged_directory(tmp_path / "out") as stage:
+        (stage / "model_index.json").write_text("{}")
+        (stage / "part").mkdir()
+        assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model_index.json", "part"]
+    assert other.exists() and not mine.exists()
+
+    (tmp_path / "out" / "checkpoint-1").mkdir()  # what else the folder holds stays
+    with pytest.raises(RuntimeError):
+        with staged_directory(tmp_path / "out") as stage:
+            (stage / "model_index.json").write_text('{"new": 1}')
+            raise RuntimeError("failed half way")
+    assert (tmp_path / "out" / "model_index.json").read_text() == "{}"  # a failed save changes nothing
+    with staged_directory(tmp_path / "out") as stage:
+        (stage / "model_index.json").write_text('{"new": 1}')
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", "model_index.json", "part"]
+    assert (tmp_path / "out" / "model_index.json").read_text() == '{"new": 1}'
