@@ -505,7 +505,7 @@ def _cmd_evaluate(args) -> int:
         args.output_dir, dataset, codecs, classifiers, image_column=args.image_column, label_column=args.label_column,
         caption_column=args.caption_column, num_samples=args.num_samples, anchor=args.anchor,
         envelope=args.monotone_envelope, keep_bitstreams=not args.discard_bitstreams, batch_size=args.batch_size,
-        state=state,
+        state=state, seeds=args.seeds,
         extra={"slim_models": dict(zip(rate_point_labels([m.location for m in models]), args.model))},
     )
     print(f"process {state.process_index}: {run.rows_written} rows written, {run.rows_found} found finished "
@@ -736,7 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SLIM denoising steps (default: {DEFAULT_STEPS}; the bundled model's own with --model {BUNDLED_MODEL})")
     p.add_argument("--strength", type=_strength, default=None,
                    help=f"SLIM decoding strength (default: {DEFAULT_STRENGTH:g}; the bundled model's own with --model {BUNDLED_MODEL})")
-    p.add_argument("--seed", type=int, default=0, help="seed of SLIM's sampling noise, the same for every image")
+    seed_or_seeds = p.add_mutually_exclusive_group()
+    seed_or_seeds.add_argument("--seed", type=int, default=0,
+                               help="seed of SLIM's sampling noise, the same for every image")
+    seed_or_seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                               help="decode every SLIM file once per seed (e.g. --seeds 0 1 2): accuracy is the mean "
+                               "over images and seeds, with a 95%% interval over both")
     p.add_argument("--discard-bitstreams", action="store_true", help="delete each file once measured and decoded")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images decoded and classified together (faster; the bytes are the same)")

@@ -32,6 +32,7 @@ them up.
 """
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Dict, List, Sequence
 
 from ..errors import SLIMTargetSizeError
@@ -138,9 +139,9 @@ def allocate_mean_rate(sizes: Sequence[Callable[[int], int]], pixels: Sequence[i
     if len(sizes) != len(pixels) or not sizes:
         raise ValueError(f"one size function per image: got {len(sizes)} for {len(pixels)} images")
     memos = [_Memo(s) for s in sizes]
-    weights = [8.0 / p for p in pixels]
-    # the sum of bpp against n × target: the test of a mean, without the rounding of a division
-    budget = len(sizes) * target_bpp * (1 - 1e-12)
+    # exact arithmetic: the sum of the files' bpp against n × target, a mean without rounding
+    weights = [Fraction(8, int(p)) for p in pixels]
+    budget = len(sizes) * Fraction(target_bpp)
 
     def total(units: int) -> float:
         return sum(w * m(units) for w, m in zip(weights, memos))
@@ -152,8 +153,8 @@ def allocate_mean_rate(sizes: Sequence[Callable[[int], int]], pixels: Sequence[i
         if spent > budget:
             raise SLIMTargetSizeError(
                 f"no rates give a mean of {target_bpp:g} bpp over these {len(sizes)} images: the smallest mean this "
-                f"model reaches is {spent / len(sizes):.6g} bpp; ask for at least that much",
-                smallest=spent / len(sizes),
+                f"model reaches is {float(spent) / len(sizes):.6g} bpp; ask for at least that much",
+                smallest=float(spent) / len(sizes),
             )
     else:
         chosen = [common] * len(sizes)
