@@ -545,12 +545,12 @@ class SLIMPipeline(DiffusionPipeline):
         if target_mean and option != "target_bpp":
             raise SLIMRateControlError("target_mean=True is a mean bits per pixel over the batch: give target_bpp=")
         value = target_bytes if option == "target_bytes" else target_bpp
+        kind = "whole number of bytes" if option == "target_bytes" else "number of bits per pixel"
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise SLIMRateControlError(f"{option} must be a positive number, got {value!r}") from None
+            number = float("nan")
         if not number > 0 or number == float("inf") or (option == "target_bytes" and number != int(number)):
-            kind = "whole number of bytes" if option == "target_bytes" else "number of bits per pixel"
             raise SLIMRateControlError(f"{option} must be a positive {kind}, got {value!r}")
         return ("bytes" if option == "target_bytes" else "bpp"), number, target_mean
 
