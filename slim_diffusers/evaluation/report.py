@@ -60,14 +60,20 @@ def summarize(rows: Sequence[dict], classifiers: Sequence[str], confidence: floa
         groups.setdefault((row["codec"], str(row["rate_point"])), []).append(row)
     summary: Summary = {}
     for (codec, point), items in groups.items():
-        by_image: Dict[int, List[dict]] = {}
+        # a row weighs 1 / (its image's number of seeds): an image counts once however often it was decoded, and
+        # rows repeated by a resampling (the same image and seed twice) count as often as they appear
+        seeds_of: Dict[int, set] = {}
         for r in items:
-            by_image.setdefault(int(r["index"]), []).append(r)
-        first = [decodes[0] for decodes in by_image.values()]  # the bytes are the same under every seed
+            seeds_of.setdefault(int(r["index"]), set()).add(r.get("seed"))
+        weights = np.array([1.0 / len(seeds_of[int(r["index"])]) for r in items])
+        if (weights == 1.0).all():  # one decode per image: the plain mean, as before seeds were recorded
+            mean = lambda values: float(np.mean(values))  # noqa: E731
+        else:
+            mean = lambda values: float(np.dot(weights, np.asarray(values, dtype=np.float64)) / weights.sum())  # noqa: E731
         entry = {
-            "images": len(by_image),
-            "mean_bpp": float(np.mean([r["bpp"] for r in first])),
-            "mean_bytes": float(np.mean([r["bytes"] for r in first])),
+            "images": int(round(weights.sum())),
+            "mean_bpp": mean([r["bpp"] for r in items]),
+            "mean_bytes": mean([r["bytes"] for r in items]),
             "top1": {},
             "top5": {},
             "encode_seconds": float(np.sum([r["encode_seconds"] for r in items])),
@@ -79,13 +85,16 @@ def summarize(rows: Sequence[dict], classifiers: Sequence[str], confidence: floa
             entry["seeds"] = seeds
         for metric in METRICS:
             for clf in classifiers:
-                per_image = np.array([np.mean([_correct(r, clf, metric) for r in decodes])
-                                      for decodes in by_image.values()])
-                entry[metric][clf] = 100.0 * float(per_image.mean())
+                correct = [_correct(r, clf, metric) for r in items]
+                entry[metric][clf] = 100.0 * mean(correct)
                 if several:
-                    entry.setdefault(f"{metric}_seed_ci", {})[clf] = seed_interval(per_image, confidence)
+                    per_image: Dict[int, List[bool]] = {}
+                    for r, ok in zip(items, correct):
+                        per_image.setdefault(int(r["index"]), []).append(ok)
+                    entry.setdefault(f"{metric}_seed_ci", {})[clf] = seed_interval(
+                        np.array([np.mean(v) for v in per_image.values()]), confidence)
                     entry.setdefault(f"{metric}_per_seed", {})[clf] = {
-                        str(s): 100.0 * float(np.mean([_correct(r, clf, metric) for r in items if r.get("seed") == s]))
+                        str(s): 100.0 * float(np.mean([ok for r, ok in zip(items, correct) if r.get("seed") == s]))
                         for s in seeds
                     }
         summary.setdefault(codec, {})[point] = entry

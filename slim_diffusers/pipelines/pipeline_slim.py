@@ -486,7 +486,7 @@ class SLIMPipeline(DiffusionPipeline):
             target_bytes: variable-rate models only, instead of ``rate``: each image's file (header, caption, payload
                 and CRC) is at most this many bytes, at the highest rate on the 1/16 grid that fits
                 (:mod:`slim_diffusers.coding.rate_control`: the VAE and the caption are computed once, only the
-                codec re-runs, about ten times per image). :class:`~slim_diffusers.SLIMTargetSizeError` when even the
+                codec re-runs, about a dozen times per image). :class:`~slim_diffusers.SLIMTargetSizeError` when even the
                 smallest file is larger; it names that size.
             target_bpp: the same in bits per pixel of each file (``8 × bytes / (height × width)``).
             target_mean: with ``target_bpp``: the mean over the images, not each image, is at most ``target_bpp``;
