@@ -7,7 +7,7 @@ the final save; else between writes), whether ``--resume_from_checkpoint latest`
 and resumes. At the end the weights are compared with an uninterrupted run of the same command.
 
     .venv/bin/python benchmarks/kill_resume.py --kills 20            # results: benchmarks/results/kill_resume.txt
-    .venv/bin/python benchmarks/kill_resume.py --kills 3 --steps 12  # a quick look (writes under outputs/)
+    .venv/bin/python benchmarks/kill_resume.py --kills 3 --steps 20  # a quick look (writes under outputs/)
 """
 
 import argparse
@@ -34,7 +34,7 @@ from machine_info import finish_results, load_average, machine  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=60, help="training steps of the run (a checkpoint after each)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of the run (a checkpoint after each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill instants")
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "kill_resume"))
     parser.add_argument("--results", default=None,
@@ -61,22 +61,34 @@ def main(argv=None) -> int:
                 str(work / "model"), "--train_data_dir", str(work / "data"), "--output_dir", str(out),
                 "--resolution", "64", "--train_batch_size", "2", "--report_to", "none", "--seed", "3",
                 "--max_train_steps", str(args.steps), "--checkpointing_steps", "1", "--checkpoints_total_limit", "1",
-                "--validation_steps", "0", "--resume_from_checkpoint", "latest"]
+                "--validation_steps", "0", "--resume_from_checkpoint", "latest", "--remove_incomplete_checkpoints"]
 
     start_load = load_average()
     t0 = time.perf_counter()
     subprocess.run(command(work / "reference"), env=env, check=True, capture_output=True)
     uninterrupted = time.perf_counter() - t0
 
+    step_seconds = uninterrupted / args.steps  # an upper bound: start-up is in it
+
+    def newest_step(folder: Path) -> int:
+        found = [int(d.name.split("-")[1]) for d in checkpoint_dirs(folder)] if folder.is_dir() else []
+        return max(found, default=0)
+
     rng = random.Random(args.seed)
     out = work / "killed"
     lines, landed, resumable = [], {}, 0
     for k in range(args.kills):
         proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        delay = rng.uniform(0.3, 1.0) * uninterrupted
+        # once the run is in its training loop (a checkpoint newer than the one it resumed from), a random instant
+        # within about two steps: with a checkpoint after every step, that is in or near a checkpoint write
+        before = newest_step(out)
+        while proc.poll() is None and newest_step(out) <= before:
+            time.sleep(0.05)
+        seen = newest_step(out)
+        delay = rng.uniform(0.0, 2.0) * step_seconds
         time.sleep(delay)
         if proc.poll() is not None:
-            lines.append(f"kill {k + 1}: the run had already finished after {delay:.1f} s")
+            lines.append(f"kill {k + 1}: the run had already finished")
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -88,7 +100,7 @@ def main(argv=None) -> int:
         incomplete = [d.name for d in checkpoint_dirs(out) if checkpoint_state(d) != "complete"] if out.is_dir() else []
         ok = bool(complete) and not incomplete
         resumable += ok
-        lines.append(f"kill {k + 1} after {delay:5.1f} s: {where:<22} newest complete checkpoint "
+        lines.append(f"kill {k + 1}, {delay:4.2f} s after checkpoint-{seen} appeared: {where:<22} newest complete "
                      f"{complete[-1].name if complete else 'none':<14} incomplete checkpoint-N folders: {incomplete or 'none'}"
                      f"{' partial: ' + ', '.join(p.name for p in partial) if partial else ''}")
         print(lines[-1], flush=True)

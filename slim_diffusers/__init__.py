@@ -36,6 +36,8 @@ __getattr__, __dir__, _names = lazy_exports(
         "SLIMBitstreamError": "slim_diffusers.errors",
         "SLIMModelMismatchError": "slim_diffusers.errors",
         "SLIMDecodeLimitError": "slim_diffusers.errors",
+        "SLIMRateControlError": "slim_diffusers.errors",
+        "SLIMTargetSizeError": "slim_diffusers.errors",
         # base classes diffusers' loader resolves on the component's package
         "ModelMixin": "diffusers.models.modeling_utils",
         "ConfigMixin": "diffusers.configuration_utils",
@@ -47,7 +49,8 @@ __all__ = _names + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .coding.bitstream import SLIMBitstream
-    from .errors import SLIMBitstreamError, SLIMDecodeLimitError, SLIMModelMismatchError
+    from .errors import (SLIMBitstreamError, SLIMDecodeLimitError, SLIMModelMismatchError, SLIMRateControlError,
+                         SLIMTargetSizeError)
     from .models.compressor import SLIMCompressor, SLIMCompressorOutput
     from .models.controlnet import SLIMControlNet
     from .models.decompressor import SLIMDecompressor, SLIMDecompressorOutput

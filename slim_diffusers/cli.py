@@ -352,19 +352,61 @@ def _cmd_compress(args) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from .errors import SLIMTargetSizeError
+
     pipe = _load_pipeline(model, sender_only=True, device=args.device)
-    rate = _resolve_rate(pipe, args.rate, model)
-    total_bytes, bpps = 0, []
+    size = _size_target(pipe, args, model)
+    rate = None if size else _resolve_rate(pipe, args.rate, model)  # a size target chooses the rate
+
+    def read(source):
+        with Image.open(source) as image:
+            image.load()
+        return image
+
+    total_bytes, bpps, errors = 0, [], []
     with out:
-        for source, target in tqdm(list(zip(sources, targets)), desc="compress", unit="img"):
-            with Image.open(source) as image:
-                image.load()
-                (bs,) = pipe.compress(image, captions=args.caption, rate=rate)
+        if args.target_mean:  # one budget for all the images: they are coded together
+            bitstreams = pipe.compress([read(s) for s in sources], captions=args.caption, **size)
+            jobs = list(zip(sources, targets, bitstreams))
+        else:
+            jobs = list(zip(sources, targets, [None] * len(sources)))
+        for source, target, bs in tqdm(jobs, desc="compress", unit="img"):
+            if bs is None:
+                try:
+                    (bs,) = pipe.compress(read(source), captions=args.caption, rate=rate, **size)
+                except SLIMTargetSizeError as err:  # too small for this image: the other images go on
+                    errors.append(f"SLIMTargetSizeError: {source}: {err}")
+                    continue
             out.create()
             total_bytes += bs.save(target)
             bpps.append(bs.bits_per_pixel)
-    _print_summary(bpps, total_bytes, out.path)
+            if size:
+                tqdm.write(f"{source}: rate {bs.rate:g}, {bs.num_bytes} bytes, {bs.bits_per_pixel:.4f} bpp")
+    if bpps:
+        _print_summary(bpps, total_bytes, out.path)
+    if errors:
+        raise CLIError(*errors)
     return 0
+
+
+def _size_target(pipe, args, model: _Model) -> dict:
+    """``--target-bytes`` / ``--target-bpp`` (``--target-mean``) as ``compress`` arguments, checked against the
+    loaded model."""
+    from .errors import SLIMRateControlError
+
+    size = {k: v for k, v in (("target_bytes", args.target_bytes), ("target_bpp", args.target_bpp)) if v is not None}
+    if args.target_mean:
+        size["target_mean"] = True
+    try:
+        pipe.check_size_target(args.rate, size.get("target_bytes"), size.get("target_bpp"), args.target_mean)
+    except SLIMRateControlError as err:
+        option = {"target_bytes": "--target-bytes", "target_bpp": "--target-bpp"}
+        message = str(err)
+        for name, flag in option.items():
+            message = message.replace(f"{name}=", flag)
+        message = message.replace("target_mean=True", "--target-mean").replace("rate=", "--rate")
+        raise CLIError(f"SLIMRateControlError: {message} (--model {model.name})") from None
+    return size
 
 
 def _cmd_decompress(args) -> int:
@@ -463,7 +505,7 @@ def _cmd_evaluate(args) -> int:
         args.output_dir, dataset, codecs, classifiers, image_column=args.image_column, label_column=args.label_column,
         caption_column=args.caption_column, num_samples=args.num_samples, anchor=args.anchor,
         envelope=args.monotone_envelope, keep_bitstreams=not args.discard_bitstreams, batch_size=args.batch_size,
-        state=state,
+        state=state, seeds=args.seeds,
         extra={"slim_models": dict(zip(rate_point_labels([m.location for m in models]), args.model))},
     )
     print(f"process {state.process_index}: {run.rows_written} rows written, {run.rows_found} found finished "
@@ -587,6 +629,10 @@ def _rate(text: str) -> float:
     return _number(text, lambda v: 0 <= v < float("inf"), "a rate level, a number ≥ 0")
 
 
+def _positive_number(text: str) -> float:
+    return _number(text, lambda v: 0 < v < float("inf"), "a positive number")
+
+
 def _strength(text: str) -> float:
     return _number(text, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
@@ -642,7 +688,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("-o", "--output-dir", required=True, help="folder for the .slim files")
     p.add_argument("--caption", default=None, help="caption to send with every image (default: none)")
-    p.add_argument("--rate", type=_rate, default=None, help=rate_help)
+    rate_or_size = p.add_mutually_exclusive_group()
+    rate_or_size.add_argument("--rate", type=_rate, default=None, help=rate_help)
+    rate_or_size.add_argument("--target-bytes", dest="target_bytes", type=_positive_int, default=None, metavar="N",
+                              help="variable-rate models: each file (header and caption included) at most N bytes, "
+                              "at the highest rate that fits")
+    rate_or_size.add_argument("--target-bpp", dest="target_bpp", type=_positive_number, default=None, metavar="X",
+                              help="variable-rate models: each file at most X bits per pixel, at the highest rate "
+                              "that fits")
+    p.add_argument("--target-mean", dest="target_mean", action="store_true",
+                   help="with --target-bpp: the mean over the images is at most X (the images are coded together "
+                   "and the bits go where they are needed)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="overwrite existing .slim files")
     p.set_defaults(func=_cmd_compress)
@@ -698,7 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SLIM denoising steps (default: {DEFAULT_STEPS}; the bundled model's own with --model {BUNDLED_MODEL})")
     p.add_argument("--strength", type=_strength, default=None,
                    help=f"SLIM decoding strength (default: {DEFAULT_STRENGTH:g}; the bundled model's own with --model {BUNDLED_MODEL})")
-    p.add_argument("--seed", type=int, default=0, help="seed of SLIM's sampling noise, the same for every image")
+    seed_or_seeds = p.add_mutually_exclusive_group()
+    seed_or_seeds.add_argument("--seed", type=int, default=0,
+                               help="seed of SLIM's sampling noise, the same for every image")
+    seed_or_seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                               help="decode every SLIM file once per seed (e.g. --seeds 0 1 2): accuracy is the mean "
+                               "over images and seeds, with a 95%% interval over both")
     p.add_argument("--discard-bitstreams", action="store_true", help="delete each file once measured and decoded")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images decoded and classified together (faster; the bytes are the same)")

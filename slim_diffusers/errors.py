@@ -16,3 +16,17 @@ class SLIMDecodeLimitError(SLIMBitstreamError):
     A file of a few dozen bytes can claim up to 16384×16384 pixels, and decoding costs time and memory in
     proportion to the size claimed; the limit keeps an untrusted file from taking more than a large image's worth.
     """
+
+
+class SLIMRateControlError(ValueError):
+    """A size target (``compress(..., target_bytes=…)`` / ``target_bpp=…``, ``slim compress --target-bytes``) that
+    cannot be used as asked: a model trained for one rate, or a target given together with a rate."""
+
+
+class SLIMTargetSizeError(SLIMRateControlError):
+    """No rate of the model codes an image into the size asked for. ``smallest`` is the smallest size that can be
+    reached (bytes of one file, or bits per pixel for a batch mean), so a caller can retry with it."""
+
+    def __init__(self, message: str, smallest: float):
+        super().__init__(message)
+        self.smallest = smallest

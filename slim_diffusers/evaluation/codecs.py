@@ -15,6 +15,11 @@ counts bits per pixel from that file's size, so a codec must put its own header 
 them. ``caption`` is the dataset's caption of the image when it has one; codecs that send no text ignore
 it. ``decode`` must be deterministic, so that a resumed or sharded run gives the rows of an uninterrupted
 one.
+
+A codec whose decoding draws noise (a diffusion decoder) says so with ``stochastic = True`` and takes the noise's
+seed: ``decode(data, rate_point, seed=None)`` (and ``decode_batch(datas, rate_point, seed=None)`` if it has one),
+``None`` meaning its own default ``seed``; the harness then decodes each file once per seed it is given
+(``slim evaluate --seeds 0 1 2``), so that the report can tell the spread of the decoding noise from a difference.
 """
 
 import re
@@ -93,8 +98,9 @@ class SLIMCodec:
         rates: ``{rate point label: rate}`` for the points coded by a variable-rate pipeline at that rate.
         use_diffusion: ``False`` decodes ẑ with the VAE alone, the paper's "w/o diffusion" ablation.
         num_inference_steps, strength, guidance_scale: passed to ``SLIMPipeline.decompress``.
-        seed: seed of the sampling noise. Every image gets a fresh generator with this seed, so its
-            reconstruction does not depend on which images were decoded before it (resume, sharding).
+        seed: seed of the sampling noise (unless ``decode`` is given another). Every image gets a fresh generator
+            with it, so its reconstruction does not depend on which images were decoded before it (resume,
+            sharding).
         caption: sent instead of each image's own caption (``""`` sends none: what the caption adds).
     """
 
@@ -113,11 +119,16 @@ class SLIMCodec:
     def rate_points(self) -> List[str]:
         return list(self.pipelines)
 
+    @property
+    def stochastic(self) -> bool:
+        """Decoding by diffusion draws noise; the VAE alone (``use_diffusion=False``) does not."""
+        return self.use_diffusion
+
     def encode(self, image: Image.Image, rate_point: str, caption: Optional[str] = None) -> bytes:
         return self.encode_batch([image], rate_point, [caption])[0]
 
-    def decode(self, data: bytes, rate_point: str) -> Image.Image:
-        return self.decode_batch([data], rate_point)[0]
+    def decode(self, data: bytes, rate_point: str, seed: Optional[int] = None) -> Image.Image:
+        return self.decode_batch([data], rate_point, seed=seed)[0]
 
     def encode_batch(self, images: Sequence[Image.Image], rate_point: str, captions: Sequence[Optional[str]]) -> List[bytes]:
         pipe = self.pipelines[rate_point]
@@ -128,16 +139,18 @@ class SLIMCodec:
             return [pipe.compress(image, captions=c, rate=rate)[0].to_bytes() for image, c in zip(images, captions)]
         return [bs.to_bytes() for bs in pipe.compress(list(images), captions=list(captions), rate=rate)]
 
-    def decode_batch(self, datas: Sequence[bytes], rate_point: str) -> List[Image.Image]:
-        """Decode together; each image's noise comes from its own generator seeded with ``seed``, as alone."""
+    def decode_batch(self, datas: Sequence[bytes], rate_point: str, seed: Optional[int] = None) -> List[Image.Image]:
+        """Decode together; each image's noise comes from its own generator seeded with ``seed`` (default: the
+        codec's), as alone."""
         import torch
 
+        seed = self.seed if seed is None else seed
         out = self.pipelines[rate_point].decompress(
             list(datas),
             num_inference_steps=self.num_inference_steps,
             strength=self.strength,
             guidance_scale=self.guidance_scale,
             use_diffusion=self.use_diffusion,
-            generator=[torch.Generator().manual_seed(self.seed) for _ in datas],
+            generator=[torch.Generator().manual_seed(seed) for _ in datas],
         )
         return list(out.images)

@@ -10,6 +10,11 @@ interface of :class:`slim_diffusers.evaluation.codecs.Codec`) runs through the s
 Bits per pixel come from the size of that file on disk (``8 × bytes / (height × width)``), never from a
 rate estimate. A row holds the bytes, bits per pixel, the label and each classifier's top-5.
 
+Decoding by diffusion is stochastic. With ``seeds`` (``slim evaluate --seeds 0 1 2``), every file of a codec whose
+decoding draws noise (``codec.stochastic``, SLIM with diffusion) is decoded once per seed, each decode a row that
+records its ``seed``; the file is written once. A row without a seed counts as seed ``DEFAULT_SEED`` (0), the
+seed every run used before seeds were recorded, so the rows of older runs resume and report as before.
+
 An interrupted run resumes from its JSONL: finished rows are skipped, and a line cut short by the
 interruption is dropped and redone. With several processes (``accelerate launch``) the images are split
 between them; each process appends to its own ``rows.rank<i>.jsonl`` (one process: ``rows.jsonl``) and
@@ -30,6 +35,8 @@ from .codecs import Codec, folder_name
 from .errors import EvaluationSetupError, RowsFileError
 
 ROWS_GLOB = "rows*.jsonl"
+# the decoding seed of a row that records none: rows written before seeds were recorded, and deterministic codecs
+DEFAULT_SEED = 0
 
 
 @dataclass
@@ -106,8 +113,21 @@ def read_rows(paths: Iterable[os.PathLike]) -> List[dict]:
     return rows
 
 
-def row_key(row: dict) -> Tuple[str, str, int]:
-    return row["codec"], str(row["rate_point"]), int(row["index"])
+def row_key(row: dict) -> Tuple[str, str, int, int]:
+    """``(codec, rate point, image index, decoding seed)``; a row without a seed has :data:`DEFAULT_SEED`."""
+    return row["codec"], str(row["rate_point"]), int(row["index"]), int(row.get("seed", DEFAULT_SEED))
+
+
+def check_seeds(seeds: Optional[Sequence[int]]) -> Optional[List[int]]:
+    """``seeds`` as a list of distinct whole numbers (``None`` stays ``None``: each codec decodes with its own)."""
+    if seeds is None:
+        return None
+    values = list(seeds)
+    if not values or any(isinstance(s, bool) or not isinstance(s, int) for s in values):
+        raise EvaluationSetupError(f"seeds must be one or more whole numbers, got {seeds!r}")
+    if len(set(values)) != len(values):
+        raise EvaluationSetupError(f"a seed is given twice: {values}")
+    return values
 
 
 def _drop_cut_line(path: Path) -> None:
@@ -130,14 +150,17 @@ class Evaluation:
         classifiers: :class:`Classifier` objects; every decoded image goes through all of them.
         shard: suffix of this process's rows file (``""`` -> ``rows.jsonl``, ``".rank1"`` -> ``rows.rank1.jsonl``).
         keep_bitstreams: keep the files (default) or delete each after it was measured and decoded.
+        seeds: decode every file of a stochastic codec (``codec.stochastic``) once per seed, a row each; ``None``:
+            once, with the codec's own seed (``codec.seed``). Deterministic codecs decode once whatever is given.
     """
 
     def __init__(self, out_dir, codecs: Sequence[Any], classifiers: Sequence[Classifier], shard: str = "",
-                 keep_bitstreams: bool = True):
+                 keep_bitstreams: bool = True, seeds: Optional[Sequence[int]] = None):
         self.out_dir = Path(out_dir)
         self.codecs = list(codecs)
         self.classifiers = list(classifiers)
         self.keep_bitstreams = keep_bitstreams
+        self.seeds = check_seeds(seeds)
         self._check_setup()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.out_dir / f"rows{shard}.jsonl"
@@ -174,9 +197,16 @@ class Evaluation:
         folder = self.out_dir / "bitstreams" / folder_name(codec.name) / folder_name(rate_point)
         return folder / f"{index}{codec.suffix}"
 
-    def keys(self, indices: Iterable[int]) -> List[Tuple[str, str, int]]:
+    def decoding_seeds(self, codec: Any) -> List[Optional[int]]:
+        """The seeds ``codec``'s files are decoded with: ``[None]`` (one decode, no seed) for a deterministic codec."""
+        if not getattr(codec, "stochastic", False):
+            return [None]
+        return list(self.seeds) if self.seeds is not None else [int(getattr(codec, "seed", DEFAULT_SEED))]
+
+    def keys(self, indices: Iterable[int]) -> List[Tuple[str, str, int, int]]:
         """Row keys that a complete run over ``indices`` has."""
-        return [(c.name, str(p), int(i)) for i in indices for c in self.codecs for p in c.rate_points]
+        return [(c.name, str(p), int(i), DEFAULT_SEED if s is None else s)
+                for i in indices for c in self.codecs for p in c.rate_points for s in self.decoding_seeds(c)]
 
     def run(self, samples: Iterable[Sample], batch_size: int = 1) -> int:
         """Evaluate every sample not yet finished; returns the number of rows written by this call.
@@ -194,13 +224,19 @@ class Evaluation:
             for chunk in _batches(samples, batch_size):
                 items = [(sample, self._checked_image(sample)) for sample in chunk]
                 for codec in self.codecs:
+                    seeds = self.decoding_seeds(codec)
                     for point in codec.rate_points:
-                        todo = [(s, im) for s, im in items if (codec.name, str(point), int(s.index)) not in self.done]
+                        missing = {
+                            seed: {int(s.index) for s, _ in items if (codec.name, str(point), int(s.index),
+                                                                      DEFAULT_SEED if seed is None else seed) not in self.done}
+                            for seed in seeds
+                        }
+                        todo = [(s, im) for s, im in items if any(int(s.index) in m for m in missing.values())]
                         if not todo:
                             continue
-                        for row in self._evaluate(codec, point, todo):
+                        for row in self._evaluate(codec, point, todo, missing):
                             f.write(json.dumps(row) + "\n")
-                            self.done.add((row["codec"], row["rate_point"], row["index"]))
+                            self.done.add(row_key(row))
                             written += 1
                         f.flush()  # a killed run keeps every finished row
         return written
@@ -214,7 +250,10 @@ class Evaluation:
                 )
         return sample.image.convert("RGB")
 
-    def _evaluate(self, codec: Any, point: Any, items: List[Tuple[Sample, Image.Image]]) -> List[dict]:
+    def _evaluate(self, codec: Any, point: Any, items: List[Tuple[Sample, Image.Image]],
+                  missing: Optional[Dict[Optional[int], set]] = None) -> List[dict]:
+        """Encode ``items`` once, then decode and classify them under each seed of ``missing`` (``{seed: indices
+        still to do}``; ``None``: one seedless decode of all)."""
         samples, images = [s for s, _ in items], [im for _, im in items]
         paths = [self.bitstream_path(codec, point, s.index) for s in samples]
         t0 = time.perf_counter()
@@ -228,12 +267,32 @@ class Evaluation:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, bytes(data))
             sizes.append(path.stat().st_size)  # the rate is what reached the disk
-        t2 = time.perf_counter()
         stored = [path.read_bytes() for path in paths]
-        if len(items) > 1 and hasattr(codec, "decode_batch"):
-            decoded = codec.decode_batch(stored, point)
+        missing = missing if missing is not None else {None: {int(s.index) for s in samples}}
+        rows, encoded = [], set()
+        for seed, wanted in missing.items():
+            chosen = [j for j, sample in enumerate(samples) if int(sample.index) in wanted]
+            if not chosen:
+                continue
+            rows += self._decode_and_classify(codec, point, seed, [samples[j] for j in chosen],
+                                              [images[j] for j in chosen], [paths[j] for j in chosen],
+                                              [sizes[j] for j in chosen], [stored[j] for j in chosen],
+                                              (t1 - t0) / len(items), encoded)
+        if not self.keep_bitstreams:
+            for path in paths:
+                path.unlink()
+        return rows
+
+    def _decode_and_classify(self, codec, point, seed, samples, images, paths, sizes, stored, encode_seconds,
+                             encoded: set) -> List[dict]:
+        """The rows of one decode of ``stored`` (with ``seed``, for a stochastic codec). The encoding time goes to
+        the first row of each image (``encoded``), so that the rows add up to the time spent."""
+        seeded = {} if seed is None else {"seed": seed}
+        t2 = time.perf_counter()
+        if len(stored) > 1 and hasattr(codec, "decode_batch"):
+            decoded = codec.decode_batch(stored, point, **seeded)
         else:
-            decoded = [codec.decode(data, point) for data in stored]
+            decoded = [codec.decode(data, point, **seeded) for data in stored]
         t3 = time.perf_counter()
         for sample, image, out in zip(samples, images, decoded):
             if out.size != image.size:
@@ -241,15 +300,16 @@ class Evaluation:
                     f"codec {codec.name!r} at {point} decoded image {sample.index} to {out.size}, not {image.size}"
                 )
         top5 = {clf.name: clf.top5_batch(decoded) for clf in self.classifiers}
-        if not self.keep_bitstreams:
-            for path in paths:
-                path.unlink()
-        n = len(items)
-        return [
-            {
+        n = len(stored)
+        rows = []
+        for j, (sample, image, path, size) in enumerate(zip(samples, images, paths, sizes)):
+            first = int(sample.index) not in encoded
+            encoded.add(int(sample.index))
+            rows.append({
                 "codec": codec.name,
                 "rate_point": str(point),
                 "index": int(sample.index),
+                **seeded,
                 "width": image.width,
                 "height": image.height,
                 "file": path.relative_to(self.out_dir).as_posix(),
@@ -257,11 +317,10 @@ class Evaluation:
                 "bpp": 8 * size / (image.width * image.height),
                 "label": int(sample.label),
                 "top5": {name: ranks[j] for name, ranks in top5.items()},
-                "encode_seconds": (t1 - t0) / n,
+                "encode_seconds": encode_seconds if first else 0.0,
                 "decode_seconds": (t3 - t2) / n,
-            }
-            for j, (sample, image, path, size) in enumerate(zip(samples, images, paths, sizes))
-        ]
+            })
+        return rows
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
@@ -275,9 +334,10 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
         yield batch
 
 
-def latest_rows(out_dir, keys: Optional[Iterable[Tuple[str, str, int]]] = None) -> List[dict]:
-    """Rows of every shard in ``out_dir``, one per key (the last written wins), restricted to ``keys``."""
-    by_key: Dict[Tuple[str, str, int], dict] = {}
+def latest_rows(out_dir, keys: Optional[Iterable[Tuple[str, str, int, int]]] = None) -> List[dict]:
+    """Rows of every shard in ``out_dir``, one per key (:func:`row_key`; the last written wins), restricted to
+    ``keys``."""
+    by_key: Dict[Tuple[str, str, int, int], dict] = {}
     for row in read_rows(sorted(Path(out_dir).glob(ROWS_GLOB))):
         by_key[row_key(row)] = row
     if keys is None:

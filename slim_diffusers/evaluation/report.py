@@ -1,6 +1,9 @@
 """From rows to results: the summary JSON, rate–accuracy plots (paper Fig. 3) and the BD-rate table (Table 1).
 
 Accuracy is in percent throughout, and it is the quality axis of the Bjøntegaard deltas.
+
+Rows decoded under several seeds (``slim evaluate --seeds``) give each rate point its accuracy as the mean over
+images of each image's mean over the seeds, and an interval over seeds and images (:func:`seed_interval`).
 """
 
 import json
@@ -15,29 +18,86 @@ from .bd_rate import METHODS, BDRateError, bd_accuracy, bd_rate
 
 METRICS = ("top1", "top5")
 Summary = Dict[str, Dict[str, dict]]  # codec -> rate point -> entry
+SEED_INTERVAL_REPLICATES = 2000
 
 
-def summarize(rows: Sequence[dict], classifiers: Sequence[str]) -> Summary:
+def _correct(row: dict, classifier: str, metric: str) -> bool:
+    ranks = row["top5"][classifier]
+    return ranks[0] == row["label"] if metric == "top1" else row["label"] in ranks
+
+
+def seed_interval(per_image: np.ndarray, confidence: float = 0.95, replicates: int = SEED_INTERVAL_REPLICATES,
+                  seed: int = 0) -> List[float]:
+    """Percentile bootstrap interval (percent) of the mean accuracy, over images, of ``per_image``: each image's
+    accuracy averaged over its decoding seeds (a fraction in [0, 1]).
+
+    The images are the independent draws; the decodes of one image share its bytes and are not independent of each
+    other, so resampling rows would count one image's seeds as more evidence than they are. Averaging the seeds per
+    image first and resampling images keeps both sources of variation in the interval: which images were drawn,
+    and, inside each image's mean, the decoding noise. A difference between two rate points or codecs smaller than
+    this interval is not one the evaluation can tell from the seed. Deterministic (``seed`` seeds the resampling).
+    """
+    values = np.asarray(per_image, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("an interval needs at least one image")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(replicates, values.size))].mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return [100.0 * float(low), 100.0 * float(high)]
+
+
+def summarize(rows: Sequence[dict], classifiers: Sequence[str], confidence: float = 0.95) -> Summary:
     """``{codec: {rate point: entry}}`` with, per entry, the images, mean bytes and bits per pixel, top-1 and
     top-5 accuracy (%) per classifier, and the seconds spent encoding and decoding. Codecs and rate points
-    keep the order of the rows; ``rows`` should hold one row per (codec, rate point, image)."""
+    keep the order of the rows; ``rows`` should hold one row per (codec, rate point, image, decoding seed).
+
+    An entry whose rows hold several decoding seeds also has ``seeds``, ``top1_per_seed``/``top5_per_seed``
+    (``{classifier: {seed: %}}``, the spread of the decoding noise) and ``top1_seed_ci``/``top5_seed_ci``
+    (``{classifier: [low, high]}``, :func:`seed_interval` at ``confidence``); its accuracy is the mean over images
+    of each image's mean over the seeds, and ``images`` counts images, not decodes."""
     groups: Dict[Tuple[str, str], List[dict]] = {}
     for row in rows:
         groups.setdefault((row["codec"], str(row["rate_point"])), []).append(row)
     summary: Summary = {}
     for (codec, point), items in groups.items():
+        # a row weighs 1 / (its image's number of seeds): an image counts once however often it was decoded, and
+        # rows repeated by a resampling (the same image and seed twice) count as often as they appear
+        seeds_of: Dict[int, set] = {}
+        for r in items:
+            seeds_of.setdefault(int(r["index"]), set()).add(r.get("seed"))
+        weights = np.array([1.0 / len(seeds_of[int(r["index"])]) for r in items])
+        if (weights == 1.0).all():  # one decode per image: the plain mean, as before seeds were recorded
+            mean = lambda values: float(np.mean(values))  # noqa: E731
+        else:
+            mean = lambda values: float(np.dot(weights, np.asarray(values, dtype=np.float64)) / weights.sum())  # noqa: E731
         entry = {
-            "images": len(items),
-            "mean_bpp": float(np.mean([r["bpp"] for r in items])),
-            "mean_bytes": float(np.mean([r["bytes"] for r in items])),
+            "images": int(round(weights.sum())),
+            "mean_bpp": mean([r["bpp"] for r in items]),
+            "mean_bytes": mean([r["bytes"] for r in items]),
             "top1": {},
             "top5": {},
             "encode_seconds": float(np.sum([r["encode_seconds"] for r in items])),
             "decode_seconds": float(np.sum([r["decode_seconds"] for r in items])),
         }
-        for clf in classifiers:
-            entry["top1"][clf] = 100.0 * float(np.mean([r["top5"][clf][0] == r["label"] for r in items]))
-            entry["top5"][clf] = 100.0 * float(np.mean([r["label"] in r["top5"][clf] for r in items]))
+        seeds = sorted({int(r["seed"]) for r in items if "seed" in r})
+        several = len(seeds) > 1
+        if several:
+            entry["seeds"] = seeds
+        for metric in METRICS:
+            for clf in classifiers:
+                correct = [_correct(r, clf, metric) for r in items]
+                entry[metric][clf] = 100.0 * mean(correct)
+                if several:
+                    per_image: Dict[int, List[bool]] = {}
+                    for r, ok in zip(items, correct):
+                        per_image.setdefault(int(r["index"]), []).append(ok)
+                    entry.setdefault(f"{metric}_seed_ci", {})[clf] = seed_interval(
+                        np.array([np.mean(v) for v in per_image.values()]), confidence)
+                    entry.setdefault(f"{metric}_per_seed", {})[clf] = {
+                        str(s): 100.0 * float(np.mean([ok for r, ok in zip(items, correct) if r.get("seed") == s]))
+                        for s in seeds
+                    }
         summary.setdefault(codec, {})[point] = entry
     return summary
 

@@ -132,6 +132,7 @@ def run_evaluation(
     batch_size: int = 1,
     state=None,
     extra: Optional[dict] = None,
+    seeds: Optional[Sequence[int]] = None,
 ) -> EvaluationRun:
     """Encode, write, decode and classify every image with every codec and rate point; write the report.
 
@@ -149,6 +150,9 @@ def run_evaluation(
         state: an Accelerate ``PartialState``: its processes share the images, each appending to its own rows file,
             and the main process writes the report. ``None``: one process.
         extra: more fields for ``summary.json``.
+        seeds: decode every file of a stochastic codec (SLIM with diffusion) once per seed; each rate point's
+            accuracy is then the mean over images and seeds, with an interval over both
+            (:func:`~slim_diffusers.evaluation.report.seed_interval`). ``None``: one decode with the codec's seed.
 
     Running it again resumes: finished rows are kept, the rest is evaluated.
     """
@@ -176,7 +180,7 @@ def run_evaluation(
 
     several = state is not None and state.num_processes > 1
     shard = f".rank{state.process_index}" if several else ""
-    evaluation = Evaluation(out_dir, codecs, classifiers, shard=shard, keep_bitstreams=keep_bitstreams)
+    evaluation = Evaluation(out_dir, codecs, classifiers, shard=shard, keep_bitstreams=keep_bitstreams, seeds=seeds)
     found = len(evaluation.done)
 
     def sample(i: int) -> Sample:
@@ -196,19 +200,26 @@ def run_evaluation(
 
     keys = evaluation.keys(indices)
     rows = latest_rows(out_dir, keys)
+    if evaluation.seeds is not None:
+        extra = {**(extra or {}), "seeds": evaluation.seeds}
     report = write_report(out_dir, rows, [c.name for c in classifiers], anchor, images=n,
                           seconds=time.perf_counter() - t0, expected_rows=len(keys), extra=extra, envelope=envelope)
     return EvaluationRun(evaluation.rows_path, written, found, report)
 
 
 def format_report(report: dict, out_dir) -> str:
-    """The BD-rate table and one line per codec and rate point (bits per pixel, top-1/top-5 per classifier)."""
+    """The BD-rate table and one line per codec and rate point (bits per pixel, top-1/top-5 per classifier; with
+    several decoding seeds, the top-1 interval over seeds and images in brackets)."""
     out_dir = Path(out_dir)
     classifiers = report["classifiers"]
     lines = [(out_dir / "bd_rate.md").read_text(encoding="utf-8"),
              f"{'codec':<22}{'rate point':<24}{'images':>7}{'bpp':>9}  top-1 / top-5 (%)"]
     for codec, points in report["codecs"].items():
         for point, e in points.items():
-            accs = ", ".join(f"{Path(c).name} {e['top1'][c]:.1f}/{e['top5'][c]:.1f}" for c in classifiers)
-            lines.append(f"{codec:<22}{point[-23:]:<24}{e['images']:>7}{e['mean_bpp']:>9.4f}  {accs}")
+            accs = []
+            for c in classifiers:
+                ci = e.get("top1_seed_ci", {}).get(c)
+                spread = f" [{ci[0]:.1f}, {ci[1]:.1f}] over {len(e['seeds'])} seeds" if ci else ""
+                accs.append(f"{Path(c).name} {e['top1'][c]:.1f}{spread}/{e['top5'][c]:.1f}")
+            lines.append(f"{codec:<22}{point[-23:]:<24}{e['images']:>7}{e['mean_bpp']:>9.4f}  {', '.join(accs)}")
     return "\n".join(lines)

@@ -24,7 +24,8 @@ import numpy as np
 
 from .bd_rate import METHODS
 from .errors import RowsFileError
-from .report import METRICS, Summary, _short, bd_rates, summarize
+from .harness import DEFAULT_SEED
+from .report import METRICS, Summary, _correct, _short, bd_rates, summarize
 
 DELTAS = ("bd_rate", "bd_accuracy")
 
@@ -88,14 +89,21 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Optional
 
 def summarize_with_intervals(rows: Sequence[dict], classifiers: Sequence[str], confidence: float = 0.95) -> Summary:
     """:func:`.report.summarize` with intervals: per entry, ``top1_ci`` and ``top5_ci`` (``{classifier: [low, high]}``,
-    Wilson, percent), ``bpp_ci`` (``[low, high]``, Student-t interval of the mean bpp; ``None`` for one image) and
+    Wilson, percent; with several decoding seeds per image, :func:`.report.seed_interval` instead), ``bpp_ci`` (``[low, high]``, Student-t interval of the mean bpp; ``None`` for one image) and
     ``confidence``. The point values are :func:`.report.summarize`'s, unchanged."""
-    summary = summarize(rows, classifiers)
+    summary = summarize(rows, classifiers, confidence)
     groups: Dict[Tuple[str, str], List[dict]] = {}
     for row in rows:
         groups.setdefault((row["codec"], str(row["rate_point"])), []).append(row)
     for (codec, point), items in groups.items():
         entry = summary[codec][point]
+        if "seeds" in entry:  # several decodes per image: the bootstrap over images of their seed means
+            entry["top1_ci"], entry["top5_ci"] = dict(entry["top1_seed_ci"]), dict(entry["top5_seed_ci"])
+            first = {int(r["index"]): r["bpp"] for r in items}
+            bpp_ci = mean_interval(list(first.values()), confidence)
+            entry["bpp_ci"] = list(bpp_ci) if bpp_ci is not None else None
+            entry["confidence"] = confidence
+            continue
         n = len(items)
         entry["top1_ci"], entry["top5_ci"] = {}, {}
         for clf in classifiers:
@@ -263,12 +271,14 @@ def _paired_arrays(rows: Sequence[dict], codecs: Sequence[str], classifiers: Seq
             continue
         cell = by_cell.setdefault((row["codec"], str(row["rate_point"])), {})
         index = int(row["index"])
-        if index in cell:
+        decodes = cell.setdefault(index, {})
+        seed = int(row.get("seed", DEFAULT_SEED))
+        if seed in decodes:
             raise UnpairedRowsError(
-                f"{row['codec']} at {row['rate_point']} has two rows for image {index}; keep one per image "
-                "(harness.latest_rows does)"
+                f"{row['codec']} at {row['rate_point']} has two rows for image {index} (seed {seed}); keep one per "
+                "image and seed (harness.latest_rows does)"
             )
-        cell[index] = row
+        decodes[seed] = row
     missing = [c for c in codecs if not any(key[0] == c for key in by_cell)]
     if missing:
         raise UnpairedRowsError(f"no rows for codec(s) {missing}; evaluated: {sorted({k[0] for k in by_cell})}")
@@ -282,15 +292,14 @@ def _paired_arrays(rows: Sequence[dict], codecs: Sequence[str], classifiers: Seq
                 f"{' …' if len(lacking) > 10 else ''}; finish the run (it resumes) or leave the codec out with "
                 "codecs=[...]"
             )
-    table = [[by_cell[key][i] for key in cells] for i in images]
-    bpp = np.array([[r["bpp"] for r in line] for line in table], dtype=np.float64)
+    # an image decoded under several seeds counts once, with its accuracy averaged over them
+    table = [[list(by_cell[key][i].values()) for key in cells] for i in images]
+    bpp = np.array([[decodes[0]["bpp"] for decodes in line] for line in table], dtype=np.float64)
     correct = {}
     for clf in classifiers:
         try:
-            if metric == "top1":
-                correct[clf] = np.array([[r["top5"][clf][0] == r["label"] for r in line] for line in table], np.float64)
-            else:
-                correct[clf] = np.array([[r["label"] in r["top5"][clf] for r in line] for line in table], np.float64)
+            correct[clf] = np.array([[np.mean([_correct(r, clf, metric) for r in decodes]) for decodes in line]
+                                     for line in table], np.float64)
         except KeyError:
             raise UnpairedRowsError(f"some rows have no predictions of classifier {clf!r}") from None
     return images, cells, bpp, correct

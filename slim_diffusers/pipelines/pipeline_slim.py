@@ -25,9 +25,17 @@ from transformers import Blip2ForConditionalGeneration, CLIPTextModel, CLIPToken
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 
-from ..coding.bitstream import MAX_SIDE, SLIMBitstream, check_decode_limit, check_entropy_model, check_rate
+from ..coding.bitstream import (
+    MAX_SIDE,
+    RATE_STEPS,
+    SLIMBitstream,
+    check_decode_limit,
+    check_entropy_model,
+    check_rate,
+)
 from ..coding.latents import check_pair, compress_latents, decompress_latents
-from ..errors import SLIMModelMismatchError
+from ..coding.rate_control import allocate_mean_rate, highest_fitting_rate
+from ..errors import SLIMModelMismatchError, SLIMRateControlError, SLIMTargetSizeError
 from ..models.compressor import SLIMCompressor
 from ..models.controlnet import SLIMControlNet, controlled_noise_prediction
 from ..models.decompressor import SLIMDecompressor
@@ -61,6 +69,26 @@ def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device, dt
         return_tensors="pt",
     ).input_ids.to(device)
     return text_encoder(ids)[0].to(dtype=dtype)
+
+
+class _RateCoder:
+    """One image's VAE latent and header fields, coded at any rate on demand; each rate's file is made once (a size
+    target's search measures several rates, and the chosen file is the one measured)."""
+
+    def __init__(self, pipe: "SLIMPipeline", latent: torch.Tensor, header: dict):
+        self.pipe, self.latent, self.header = pipe, latent, header
+        self.files: Dict[Optional[float], SLIMBitstream] = {}
+
+    def bitstream(self, rate: Optional[float]) -> SLIMBitstream:
+        if rate not in self.files:
+            pipe = self.pipe
+            (payload,) = compress_latents(pipe.compressor, pipe.decompressor, self.latent, rate)
+            self.files[rate] = SLIMBitstream(payload=payload, rate=rate, **self.header)
+        return self.files[rate]
+
+    def size(self, units: int) -> int:
+        """Bytes of the whole file at ``units`` / RATE_STEPS."""
+        return self.bitstream(units / RATE_STEPS).num_bytes
 
 
 @dataclass
@@ -154,6 +182,8 @@ class SLIMPipeline(DiffusionPipeline):
         # sizes are kept, not resized: the pipeline pads to the VAE's stride and crops back
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
         self._warned: set = set()
+        # the RateSearch of each image of the last compress() call with a size target (rate_control.RateSearch)
+        self.last_rate_searches: Optional[list] = None
         self._vae_tiling: Union[str, bool] = "auto"
         self._vae_tile_size: Optional[int] = None
 
@@ -450,6 +480,10 @@ class SLIMPipeline(DiffusionPipeline):
         captions: Optional[Union[str, Sequence[str]]] = None,
         max_caption_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         rate: Optional[float] = None,
+        target_bytes: Optional[int] = None,
+        target_bpp: Optional[float] = None,
+        target_mean: bool = False,
+        exhaustive_rate_search: bool = False,
     ) -> List[SLIMBitstream]:
         """Compress images into :class:`SLIMBitstream` objects (``.save(path)`` writes a ``.slim`` file).
 
@@ -464,9 +498,20 @@ class SLIMPipeline(DiffusionPipeline):
                 ``[0, L − 1]``; ``0`` writes the fewest bits and bits rise with the rate; whole numbers are the
                 trained levels, fractions interpolate between them (rounded to 1/16, which the file records).
                 ``None``: the highest level. A fixed-rate model takes no rate.
+            target_bytes: variable-rate models only, instead of ``rate``: each image's file (header, caption, payload
+                and CRC) is at most this many bytes, at the highest rate on the 1/16 grid that fits
+                (:mod:`slim_diffusers.coding.rate_control`: the VAE and the caption are computed once, only the
+                codec re-runs, about a dozen times per image). :class:`~slim_diffusers.SLIMTargetSizeError` when even the
+                smallest file is larger; it names that size.
+            target_bpp: the same in bits per pixel of each file (``8 × bytes / (height × width)``).
+            target_mean: with ``target_bpp``: the mean over the images, not each image, is at most ``target_bpp``;
+                the batch's bits go where the images need them (one common rate, then single images one step up).
+            exhaustive_rate_search: measure every rate of the grid instead of searching (``16 × (L − 1) + 1``
+                encodes per image): the highest rate that fits even where bytes are not monotone in the rate.
         """
         self._require("vae", "compressor", "decompressor", action="compress()")
         check_pair(self.compressor, self.decompressor)
+        target = self.check_size_target(rate, target_bytes, target_bpp, target_mean)
         rate = self.resolve_rate(rate)
         images = to_rgb_list(images)  # the one conversion of this call; the helpers below take RGB images
         self.check_inputs(images=images, captions=captions)
@@ -482,14 +527,71 @@ class SLIMPipeline(DiffusionPipeline):
 
         fingerprint = self.decompressor.fingerprint()
         exact = self.decompressor.exact_entropy_model  # the file records it (versions 2 and 3)
-        bitstreams = []
+        coders = []
         for image, caption, latent in zip(images, captions, self.encode_images(images)):
             h, w = image_size(image)
-            (payload,) = compress_latents(self.compressor, self.decompressor, latent.to(dtype=self.compressor.dtype), rate)
-            bitstreams.append(SLIMBitstream(height=h, width=w, fingerprint=fingerprint, caption=caption, payload=payload,
-                                            exact_entropy_model=exact, rate=rate))
+            header = dict(height=h, width=w, fingerprint=fingerprint, caption=caption, exact_entropy_model=exact)
+            coders.append(_RateCoder(self, latent.to(dtype=self.compressor.dtype), header))
+        if target is None:
+            bitstreams = [coder.bitstream(rate) for coder in coders]
+        else:
+            bitstreams = self._fit_sizes(coders, *target, exhaustive=exhaustive_rate_search)
         self.maybe_free_model_hooks()
         return bitstreams
+
+    def check_size_target(self, rate, target_bytes, target_bpp, target_mean: bool):
+        """``None`` without a size target, else ``(kind, value, mean)`` (kind ``"bytes"`` or ``"bpp"``).
+        Raises :class:`~slim_diffusers.SLIMRateControlError` for a target a call cannot use."""
+        given = [name for name, v in (("target_bytes", target_bytes), ("target_bpp", target_bpp)) if v is not None]
+        if not given:
+            if target_mean:
+                raise SLIMRateControlError("target_mean=True needs target_bpp= (the mean bits per pixel of the batch)")
+            return None
+        option = given[0]
+        if len(given) > 1:
+            raise SLIMRateControlError("give target_bytes= or target_bpp=, not both")
+        if rate is not None:
+            raise SLIMRateControlError(f"give rate= or {option}=, not both: {option} chooses the rate of each image")
+        if not self.num_rate_levels:
+            raise SLIMRateControlError(
+                f"{option}= needs a variable-rate model: this one was trained for one rate and writes files of the "
+                "size that rate gives (train with several --lambda_rate values for one model of many rates)"
+            )
+        if target_mean and option != "target_bpp":
+            raise SLIMRateControlError("target_mean=True is a mean bits per pixel over the batch: give target_bpp=")
+        value = target_bytes if option == "target_bytes" else target_bpp
+        kind = "whole number of bytes" if option == "target_bytes" else "number of bits per pixel"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not number > 0 or number == float("inf") or (option == "target_bytes" and number != int(number)):
+            raise SLIMRateControlError(f"{option} must be a positive {kind}, got {value!r}")
+        return ("bytes" if option == "target_bytes" else "bpp"), number, target_mean
+
+    def _fit_sizes(self, coders: List["_RateCoder"], kind: str, value: float, mean: bool,
+                   exhaustive: bool) -> List[SLIMBitstream]:
+        """Bitstreams at the rates :mod:`~slim_diffusers.coding.rate_control` chooses for a size target."""
+        top = RATE_STEPS * (self.num_rate_levels - 1)
+        if mean:
+            pixels = [c.header["height"] * c.header["width"] for c in coders]
+            searches = allocate_mean_rate([c.size for c in coders], pixels, top, value, exhaustive=exhaustive)
+        else:
+            searches = []
+            for i, coder in enumerate(coders):
+                pixels = coder.header["height"] * coder.header["width"]
+                max_bytes = int(value) if kind == "bytes" else int(value * pixels / 8)
+                try:
+                    searches.append(highest_fitting_rate(coder.size, top, max_bytes, exhaustive=exhaustive))
+                except SLIMTargetSizeError as err:
+                    name = f"image {i}" if len(coders) > 1 else "the image"
+                    asked = f"{int(value)} bytes" if kind == "bytes" else f"{value:g} bpp ({max_bytes} bytes)"
+                    smallest = f"{err.smallest} bytes ({8 * err.smallest / pixels:.4g} bpp)"
+                    raise SLIMTargetSizeError(
+                        f"{name} does not fit {asked} at any rate: its smallest file is {smallest}; ask for at least "
+                        "that much", smallest=err.smallest) from None
+        self.last_rate_searches = searches  # what each search measured (benchmarks/rate_control.py reads it)
+        return [coder.bitstream(search.units / RATE_STEPS) for coder, search in zip(coders, searches)]
 
     # ----------------------------------------------------------------------------------------- receiver
     def _load_bitstreams(self, bitstreams, max_pixels: Optional[int] = None) -> List[SLIMBitstream]:
