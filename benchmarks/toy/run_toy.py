@@ -100,9 +100,14 @@ class ToyConfig:
 # bits: v2's warm start at λr 1 was, under the literal mask weighting, λr ≈ 8 for the RoI model, where per-λ models
 # collapsed); the paper's learning rate order (1e-4; 2e-4 for the from-scratch stage 1) with a 5 % linear warm-up; x̂'s
 # timestep drawn from those of the decode (one step at t = 499: strength 0.5 on a trailing 2-step schedule); LPIPS
-# heads non-negative. Ten times v2's steps. Run with --recipe v3 (its own work directory).
+# heads non-negative; λt 0.02, where the task term pulls on ẑ about as hard as the guide and RoI terms together
+# (benchmarks/toy/stage2_gradients.py on the bundled v2 model: balance at λt 0.017–0.022 on ẑ, 0.008 on the control
+# module, under mass normalisation; v2's 0.1 made the task term 4.5–6× the others on ẑ, 9–13× on the control module).
+# Ten times v2's steps. Run with --recipe v3 (its own work directory).
 V3 = ToyConfig(
-    warm_start_rate=0.25, slim_stage1_base=(5000, 16, 2e-4), slim_stage1_finetune=(1500, 16, 1e-4),
+    warm_start_rate=0.25,
+    lambdas=(("lambda_guide", 1.0), ("lambda_diffusion", 1.0), ("lambda_roi", 1.0), ("lambda_task", 0.02)),
+    slim_stage1_base=(5000, 16, 2e-4), slim_stage1_finetune=(1500, 16, 1e-4),
     slim_stage2=(800, 16, 1e-4), decode=(("num_inference_steps", 2), ("strength", 0.5), ("seed", 0)),
     train_options=("--mask_normalization", "mass", "--stage2_timesteps", "decode", "--decode_num_inference_steps", "2",
                    "--decode_strength", "0.5"),
@@ -131,7 +136,7 @@ def recipe_config(recipe: str = "v2", smoke: bool = False) -> ToyConfig:
         return V3 if recipe == "v3" else ToyConfig()
     if recipe == "v2":
         return SMOKE
-    return replace(SMOKE, warm_start_rate=min(SMOKE.rate_points), train_options=V3.train_options,
+    return replace(SMOKE, warm_start_rate=min(SMOKE.rate_points), train_options=V3.train_options, lambdas=V3.lambdas,
                    lr_warmup_fraction=V3.lr_warmup_fraction, timestep_spacing=V3.timestep_spacing)
 
 

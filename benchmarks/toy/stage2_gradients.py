@@ -7,8 +7,8 @@ parameters, on a batch of validation images (toy world seed 5), for the mask wei
     .venv/bin/python benchmarks/toy/stage2_gradients.py --model DIR --lambda-task 0.1 --out grads.json
 
 This is how λt is chosen: no term should drown the others. The script prints, per setting, the λt under which the
-task term's pull on ẑ equals the distortion terms' (λg·guide + λroi·RoI), the balance point; a λt near it (within a
-factor of a few) keeps both at work. RoI masks are the classifier's Grad-CAM masks of the true class, as
+task term's pull equals the others' — on ẑ (λg·guide + λroi·RoI) and on the control module (λd·denoising + λroi·RoI):
+the balance points; a λt between them keeps every term at work. Run it on the stage-1 model that stage 2 starts from. RoI masks are the classifier's Grad-CAM masks of the true class, as
 ``training/prepare_dataset.py`` writes them.
 """
 
@@ -69,15 +69,16 @@ def measure(pipe, batch, weights, rate, classifier, preprocess, lpips_model, nor
             grads = torch.autograd.grad(weighted[name], params, retain_graph=True, allow_unused=True)
             norms[name][group] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)
                                                   or torch.tensor(0.0)))
-    distortion = norms["guide_loss"]["z_hat"] + norms["roi"]["z_hat"]
-    task = norms["task_loss"]["z_hat"]
-    balance = weights.task * distortion / task if task > 0 else None
+    # the λt at which the task term pulls as hard as the other terms: on ẑ (guide + RoI) and on the control module
+    # (denoising + RoI)
+    others = {"z_hat": ("guide_loss", "roi"), "control_module": ("diffusion_loss", "roi")}
+    balance = {group: (weights.task * sum(norms[t][group] for t in terms_) / norms["task_loss"][group]
+                       if norms["task_loss"][group] > 0 else None) for group, terms_ in others.items()}
     return {"terms": norms, "lambda_task_balance": balance,
             "x_hat_timesteps": None if stage2_timesteps is None else stage2_timesteps.tolist()}
 
 
 def main(argv=None) -> int:
-    from diffusers import DDIMScheduler
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from slim_diffusers import SLIMPipeline
@@ -138,7 +139,9 @@ def main(argv=None) -> int:
             results["settings"][key] = measure(pipe, batch, weights, rate, classifier, preprocess, lpips_model,
                                                normalization, t2)
             r = results["settings"][key]
-            print(f"\n{key}  (λt balancing the task's pull on ẑ with the distortion terms': {r['lambda_task_balance']:.3g})")
+            b = r["lambda_task_balance"]
+            print(f"\n{key}  (λt balancing the task's pull: on ẑ {b['z_hat']:.3g}, on the control module "
+                  f"{b['control_module']:.3g})")
             print(f"  {'term (weighted)':<16} {'value':>9} {'|∇ẑ|':>10} {'|∇control|':>11}")
             for term, v in r["terms"].items():
                 print(f"  {term:<16} {v['value']:>9.4f} {v['z_hat']:>10.3g} {v['control_module']:>11.3g}")

@@ -41,7 +41,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import foundation  # noqa: E402
-from foundation import IMAGE_SIZE, VALIDATION_SEED, to_pixels  # noqa: E402
+from foundation import IMAGE_SIZE  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
 
