@@ -128,7 +128,8 @@ def main(argv=None) -> int:
         weights = losses.LossWeights(**lambdas)
     lpips_model = losses.perceptual_distance("alex", random_init=True)
     decode_t = losses.decode_timesteps(pipe.scheduler, int(steps), float(strength))
-    results = {"model": str(args.model), "images": args.images, "rate_level": None if rate is None else int(rate[0]),
+    model_name = args.model.resolve()
+    results = {"model": str(model_name.relative_to(REPO) if model_name.is_relative_to(REPO) else args.model), "images": args.images, "rate_level": None if rate is None else int(rate[0]),
                "decode": {"num_inference_steps": int(steps), "strength": float(strength),
                           "timestep_spacing": pipe.scheduler.config.timestep_spacing},
                "weights": weights.as_dict(), "settings": {}}
