@@ -65,3 +65,11 @@ def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in gates][0] == 0 and gates[-1]["step"] == 6
     assert json.loads((out / "sd" / "provenance.json").read_text())["steps"] == 6
     assert (out / "sd" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    # the gates script measures the trained prior in place of the bundled model's
+    import foundation_v3
+
+    gates = tmp_path / "gates"
+    assert foundation_v3.main(["--smoke", "--work-dir", str(gates), "--stages", "prior", "--prior-model", str(out / "sd")]) == 0
+    results = json.loads((gates / "results" / "foundation_v3.json").read_text())
+    assert set(results["gates"]) == {"prior"}
+    assert any("unet" in path and str(out) in path for path in results["provenance"]["weights_sha256"])

@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/toy/foundation_v3.py                     # the bundled model (slim_diffusers/assets/toy)
     .venv/bin/python benchmarks/toy/foundation_v3.py --model DIR --classifier DIR --results-dir DIR
     .venv/bin/python benchmarks/toy/foundation_v3.py --smoke --work-dir /tmp/gates   # tiny sizes (CI)
+    .venv/bin/python benchmarks/toy/foundation_v3.py --stages prior --prior-model outputs/prior_v3/sd \
+        --results-dir outputs/prior_v3/gates                         # the prior gate of train_prior.py's LDM
 
 SLIM's decoder leans on a pretrained prior (Stable Diffusion 2.1), a VAE that keeps what the classifier reads and a
 control module that carries ẑ into the UNet. Before any claim of SLIM is tested in the toy world, each of these is
@@ -236,7 +238,7 @@ STAGES = {"classifier": stage_classifier, "vae_ceiling": stage_vae_ceiling, "pri
 
 # ---------------------------------------------------------------------------------------------------- context
 class Context:
-    def __init__(self, model: Path, classifier: Path, spacing: str, prior_guidance: float):
+    def __init__(self, model: Path, classifier: Path, spacing: str, prior_guidance: float, prior_model: Path = None):
         from diffusers import DDIMScheduler
 
         from slim_diffusers import SLIMPipeline
@@ -246,6 +248,13 @@ class Context:
         self.pipe.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config, timestep_spacing=spacing)
         self.spacing, self.prior_guidance = spacing, prior_guidance
         self.reader = Reader(classifier)
+        if prior_model is not None:  # another LDM's UNet and text encoder (e.g. train_prior.py's) for the prior gate
+            from diffusers import UNet2DConditionModel
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            self.pipe.unet = UNet2DConditionModel.from_pretrained(str(prior_model / "unet")).eval()
+            self.pipe.text_encoder = CLIPTextModel.from_pretrained(str(prior_model / "text_encoder")).eval()
+            self.pipe.tokenizer = CLIPTokenizer.from_pretrained(str(prior_model / "tokenizer"))
         demo = model.parent / "demo.json"
         self.decode = (json.loads(demo.read_text())["decode"] if demo.is_file()
                        else {"num_inference_steps": 2, "strength": 0.5, "seed": 0})
@@ -276,22 +285,32 @@ def main(argv=None) -> int:
     parser.add_argument("--timestep-spacing", choices=["leading", "trailing"], default="trailing",
                         help="the DDIM schedule's spacing at decode (the bundled model decodes with trailing)")
     parser.add_argument("--prior-guidance", type=float, default=3.0, help="classifier-free guidance of the prior gate")
+    parser.add_argument("--prior-model", type=Path, default=None,
+                        help="measure the prior gate of this LDM (a StableDiffusionPipeline folder, e.g. train_prior.py's "
+                        "OUT/sd) instead of --model's UNet and text encoder; only with --stages prior")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path in seconds")
     args = parser.parse_args(argv)
     for path in (args.model, args.classifier):
         if not path.is_dir():
             parser.error(f"{path} is not a directory: give a saved SLIM pipeline (--model) and classifier (--classifier)")
+    if args.prior_model is not None and args.stages != ["prior"]:
+        parser.error("--prior-model replaces the UNet the control module was trained with: measure it with --stages prior")
+    if args.prior_model is not None and args.results_dir is None and not args.smoke:
+        parser.error("--prior-model needs its own --results-dir: the default holds the foundation's gates")
     s = settings(args.smoke)
     results_dir = args.results_dir or (args.work_dir / "results" if args.smoke else HERE / "results")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    ctx = Context(args.model, args.classifier, args.timestep_spacing, args.prior_guidance)
+    ctx = Context(args.model, args.classifier, args.timestep_spacing, args.prior_guidance, args.prior_model)
     results = {"gates": {}, "budget": {}, "settings": s, "validation_seed": VALIDATION_SEED}
     for name in args.stages:
         key = {"settings": s, "model": str(args.model.resolve()), "classifier": str(args.classifier.resolve()),
-               "spacing": args.timestep_spacing, "prior_guidance": args.prior_guidance}
-        cache = args.work_dir / f"{name}.json"
+               "spacing": args.timestep_spacing, "prior_guidance": args.prior_guidance,
+               **({} if args.prior_model is None else {"prior_model": str(args.prior_model.resolve())})}
+        # another prior's measurement is cached beside the foundation's, not over it
+        tag = "" if args.prior_model is None else "-" + hashlib.sha256(key["prior_model"].encode()).hexdigest()[:8]
+        cache = args.work_dir / f"{name}{tag}.json"
         cached = json.loads(cache.read_text()) if cache.is_file() else None
         if cached is None or cached.get("key") != key:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -307,7 +326,7 @@ def main(argv=None) -> int:
         "model": str(args.model.relative_to(REPO) if args.model.resolve().is_relative_to(REPO) else args.model),
         "classifier": str(args.classifier.relative_to(REPO) if args.classifier.resolve().is_relative_to(REPO)
                           else args.classifier),
-        **provenance([args.model, args.classifier]),
+        **provenance([args.model, args.classifier, *([args.prior_model] if args.prior_model else [])]),
         "command": "benchmarks/toy/foundation_v3.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
