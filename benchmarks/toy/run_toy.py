@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -92,8 +92,33 @@ class ToyConfig:
     ldm_pool: int = 8000
     eval_batch: int = 50
     bootstrap_replicates: int = 1000
+    # loss options every training job gets. Toy world v2 trained with the paper's literal mask weighting, x̂'s timestep
+    # uniform on [0, 1000) and LPIPS heads of random sign, the training scripts' behaviour before v3 changed their
+    # defaults (slim_diffusers/training/losses.py): named here so that the v2 recipe still reproduces v2
+    train_options: Tuple[str, ...] = ("--mask_normalization", "literal", "--stage2_timesteps", "uniform",
+                                      "--lpips_signed_heads")
+    lr_warmup_fraction: float = 0.0  # > 0: linear warm-up over this fraction of each job's steps
+    timestep_spacing: str = "leading"  # the SLIM pipelines' DDIM schedule (the LDM's own: leading, as SD 2.1's)
 
 
+# Toy world v3's SLIM recipe (the v2 review's findings 1–3): the masked terms normalised by the mask's mass, so the RoI
+# and w/o-RoI variants at one λr sit at the same operating point; every chain warm-starts from the lowest λr (the most
+# bits: v2's warm start at λr 1 was, under the literal mask weighting, λr ≈ 8 for the RoI model, where per-λ models
+# collapsed); the paper's learning rate order (1e-4; 2e-4 for the from-scratch stage 1) with a 5 % linear warm-up; x̂'s
+# timestep drawn from those of the decode (one step at t = 499: strength 0.5 on a trailing 2-step schedule); LPIPS
+# heads non-negative; λt 0.02, where the task term pulls on ẑ about as hard as the guide and RoI terms together
+# (benchmarks/toy/stage2_gradients.py on the bundled v2 model: balance at λt 0.017–0.022 on ẑ, 0.008 on the control
+# module, under mass normalisation; v2's 0.1 made the task term 4.5–6× the others on ẑ, 9–13× on the control module).
+# Ten times v2's steps. Run with --recipe v3 (its own work directory).
+V3 = ToyConfig(
+    warm_start_rate=0.25,
+    lambdas=(("lambda_guide", 1.0), ("lambda_diffusion", 1.0), ("lambda_roi", 1.0), ("lambda_task", 0.02)),
+    slim_stage1_base=(5000, 16, 2e-4), slim_stage1_finetune=(1500, 16, 1e-4),
+    slim_stage2=(800, 16, 1e-4), decode=(("num_inference_steps", 2), ("strength", 0.5), ("seed", 0)),
+    train_options=("--mask_normalization", "mass", "--stage2_timesteps", "decode", "--decode_num_inference_steps", "2",
+                   "--decode_strength", "0.5"),
+    lr_warmup_fraction=0.05, timestep_spacing="trailing",
+)
 SMOKE = ToyConfig(
     rate_points=(1.0, 4.0), warm_start_rate=1.0, slim_stage1_base=(2, 4, 1e-3), slim_stage1_finetune=(2, 4, 5e-4),
     slim_stage2=(2, 4, 3e-4), decode=(("num_inference_steps", 2), ("strength", 0.5), ("seed", 0)),
@@ -102,6 +127,25 @@ SMOKE = ToyConfig(
     foundation_steps=(("vae", 2), ("resnet", 2), ("resnet_b", 2), ("ldm", 2)), ldm_pool=16, eval_batch=4,
     bootstrap_replicates=20,
 )
+
+
+def is_smoke(cfg: ToyConfig) -> bool:
+    """Whether ``cfg`` runs at SMOKE's sizes (SMOKE itself or a recipe's smoke variant)."""
+    return cfg.foundation_steps == SMOKE.foundation_steps
+
+
+def recipe_config(recipe: str = "v2", smoke: bool = False) -> ToyConfig:
+    """The run's settings: v2's or v3's recipe, at full size or (``smoke``) at SMOKE's sizes with the recipe's options."""
+    if recipe not in ("v2", "v3"):
+        raise ValueError(f"unknown recipe {recipe!r}: v2 or v3")
+    if not smoke:
+        return V3 if recipe == "v3" else ToyConfig()
+    if recipe == "v2":
+        return SMOKE
+    return replace(SMOKE, warm_start_rate=min(SMOKE.rate_points), train_options=V3.train_options, lambdas=V3.lambdas,
+                   lr_warmup_fraction=V3.lr_warmup_fraction, timestep_spacing=V3.timestep_spacing)
+
+
 CLASSIFIERS = ("resnet", "resnet_b")
 # which jobs belong to which stage, for the stage wall times of the runs that did the work
 STAGE_JOBS = {"foundation": "foundation/", "data": "data/", "slim": "slim/", "learned baselines": "learned/",
@@ -181,7 +225,7 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict, learned_baseline
     learned = Job("learned/baselines", [sys.executable, HERE / "learned_baselines.py", "--work-dir", work / "learned",
                                         "--classifier", f / "resnet", "--image-size", IMAGE_SIZE,
                                         "--data-seed", BASELINE_TRAIN_SEED, "--test-seed", TEST_SEED, "--num-test", 20,
-                                        "--threads", 1, *(["--tiny"] if cfg is SMOKE else [])],
+                                        "--threads", 1, *(["--tiny"] if is_smoke(cfg) else [])],
                   work / "learned" / "report.json")
     run_chains({
         "vae+ldm": [job("vae"), Job("foundation/ldm", [sys.executable, script, "ldm", f / "sd", "--steps", steps["ldm"],
@@ -192,13 +236,13 @@ def stage_foundation(work: Path, cfg: ToyConfig, timings: dict, learned_baseline
             for name, folder in (("vae", "vae"), ("resnet", "resnet"), ("resnet_b", "resnet_b"), ("ldm", "sd"))}
     check = f / "sd" / "text_to_image.json"
     if not check.is_file():
-        result = foundation.text_to_image_accuracy(f / "sd", f / "resnet", per_class=8 if cfg is not SMOKE else 1,
-                                                   steps=20 if cfg is not SMOKE else 2)
+        result = foundation.text_to_image_accuracy(f / "sd", f / "resnet", per_class=8 if not is_smoke(cfg) else 1,
+                                                   steps=20 if not is_smoke(cfg) else 2)
         write_atomically(check, json.dumps(result).encode())
     info["ldm"]["text_to_image"] = json.loads(check.read_text())
     ceiling = f / "vae" / "ceiling.json"
     if not ceiling.is_file():
-        measured = foundation.vae_ceiling(f / "vae", f / "resnet", n=500 if cfg is not SMOKE else 4)
+        measured = foundation.vae_ceiling(f / "vae", f / "resnet", n=500 if not is_smoke(cfg) else 4)
         write_atomically(ceiling, json.dumps(measured).encode())
     info["vae"]["classifier_on_reconstructions"] = json.loads(ceiling.read_text())
     return info
@@ -217,13 +261,19 @@ def stage_data(work: Path, cfg: ToyConfig, timings: dict) -> None:
         "--batch_size", 64, "--output_dir", data / "train"], data / "train" / "dataset_info.json")]}, work, timings)
 
 
-def stage_init(work: Path) -> Path:
+def stage_init(work: Path, timestep_spacing: str = "leading") -> Path:
+    """The untrained SLIM model every chain starts from; its scheduler's ``timestep_spacing`` is what its descendants
+    train x̂ at (``--stage2_timesteps decode``) and decode with."""
+    from diffusers import DDIMScheduler
+
     from slim_diffusers import SLIMPipeline
 
     out = work / "slim" / "init"
     if not (out / "model_index.json").is_file():
         torch.manual_seed(0)
         pipe = SLIMPipeline.from_stable_diffusion(str(work / "foundation" / "sd"), **TOY_CODEC)
+        if timestep_spacing != pipe.scheduler.config.timestep_spacing:
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=timestep_spacing)
         pipe.save_pretrained(out)
     return out
 
@@ -238,7 +288,9 @@ def _train_job(name: str, script: str, model: Path, data: Path, out: Path, rate,
            "--checkpointing_steps", max(steps // 4, 1), "--checkpoints_total_limit", 1,
            "--resume_from_checkpoint", "latest", "--validation_steps", steps, "--num_validation_images", min(16, batch),
            "--report_to", "none", "--seed", 0, "--lambda_rate", *(rate if isinstance(rate, (list, tuple)) else [rate]), *sum(([f"--{k}", v] for k, v in cfg.lambdas), []),
-           *(["--no_roi"] if no_roi else []), *extra]
+           *(["--no_roi"] if no_roi else []), *cfg.train_options,
+           *(["--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", max(int(cfg.lr_warmup_fraction * steps), 1)]
+             if cfg.lr_warmup_fraction > 0 else []), *extra]
     return Job(name, cmd, out / "model_index.json")
 
 
@@ -246,7 +298,7 @@ def slim_chains(work: Path, cfg: ToyConfig, variants=("roi", "no_roi")) -> Tuple
     """The training chains of SLIM per rate point (``variants``: with RoI masks, without) and the models they write:
     in each chain, stage 1 at the warm-start rate from the untrained model, the other rates' stage 1 fine-tuned from
     it, then stage 2 at every rate."""
-    init = stage_init(work)
+    init = stage_init(work, cfg.timestep_spacing)
     data = work / "data" / "train"
     stage2_extra = ["--classifier_name_or_path", work / "foundation" / "resnet", "--lpips_net", "alex",
                     "--lpips_random_init"]
@@ -476,10 +528,15 @@ def main(argv=None) -> int:
                         "WORK_DIR/results, so a smoke run never replaces the committed results)")
     parser.add_argument("--export", action="store_true", help="bundle the trained default into slim_diffusers/assets")
     parser.add_argument("--smoke", action="store_true", help="tiny step counts: checks the code path in minutes")
+    parser.add_argument("--recipe", choices=["v2", "v3"], default="v2",
+                        help="v2: the committed results' SLIM recipe; v3: the recipe after the v2 review (V3; give it "
+                        "its own --work-dir and --results-dir)")
     args = parser.parse_args(argv)
     if args.smoke and args.export:
         parser.error("--export bundles a real run's model; not with --smoke")
-    cfg = SMOKE if args.smoke else ToyConfig()
+    if args.recipe == "v3" and not args.smoke and (args.work_dir == parser.get_default("work_dir") or not args.results_dir):
+        parser.error("--recipe v3 needs its own --work-dir and --results-dir: the defaults hold v2's run and results")
+    cfg = recipe_config(args.recipe, args.smoke)
     torch.set_num_threads(2)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -66,9 +66,62 @@ def variable_rate_term(likelihoods: Dict[str, torch.Tensor], pixels_per_image: i
     return (lambdas * bits / pixels_per_image).mean()
 
 
-def guide_loss(latents: torch.Tensor, latents_hat: torch.Tensor, roi_mask: torch.Tensor) -> torch.Tensor:
-    """MSE(M⊙z, M⊙ẑ) with the RoI mask at latent size."""
-    return F.mse_loss(roi_mask * latents_hat, roi_mask * latents)
+MASK_NORMALIZATIONS = ("mass", "literal")
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normalization: str = "mass") -> torch.Tensor:
+    """MSE of ``a`` and ``b`` weighted by the mask (broadcast over channels).
+
+    ``"literal"``: the paper's ``MSE(M⊙a, M⊙b)``, a mean over every element, which scales with E[M²];
+    ``"mass"``: ``Σ M²(a−b)² / Σ M²``, a mean over the mask's mass (equal to the plain MSE for an all-ones mask)."""
+    if normalization == "literal":
+        return F.mse_loss(mask * a, mask * b)
+    if normalization != "mass":
+        raise ValueError(f"unknown mask normalization {normalization!r}: use one of {MASK_NORMALIZATIONS}")
+    weight = (mask * mask).expand_as(a)
+    return (weight * (a - b) ** 2).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def guide_loss(latents: torch.Tensor, latents_hat: torch.Tensor, roi_mask: torch.Tensor,
+               normalization: str = "mass") -> torch.Tensor:
+    """The guide loss between z and ẑ with the RoI mask at latent size (:func:`masked_mse`)."""
+    return masked_mse(latents_hat, latents, roi_mask, normalization)
+
+
+def decode_timesteps(scheduler, num_inference_steps: int, strength: float,
+                     timestep_spacing: Optional[str] = None) -> torch.Tensor:
+    """The timesteps a decoder with these settings denoises at, by :meth:`SLIMPipeline.get_timesteps`'s rule (the
+    last ``round(num_inference_steps · strength)`` of the schedule, at least one); the first is the noise level the
+    decode starts from. ``scheduler`` is not changed (a copy from its config sets the timesteps)."""
+    if num_inference_steps < 1 or not 0.0 < strength <= 1.0:
+        raise ValueError(f"a decode runs at least one step at a strength in (0, 1]; got {num_inference_steps} steps at "
+                         f"strength {strength}")
+    overrides = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
+    copy = type(scheduler).from_config(scheduler.config, **overrides)
+    copy.set_timesteps(num_inference_steps)
+    timesteps = copy.timesteps
+    if strength >= 1.0:
+        return timesteps.clone()
+    kept = min(max(int(round(num_inference_steps * strength)), 1), num_inference_steps)
+    return timesteps[(num_inference_steps - kept) * copy.order :].clone()
+
+
+def perceptual_distance(net: str = "alex", random_init: bool = False, signed_heads: bool = False):
+    """LPIPS for the stage-2 RoI term. Offline runs (``random_init``) cannot load the pretrained backbone and heads;
+    LPIPS's own linear heads are trained non-negative, which is what makes it a distance (≥ 0, 0 for identical
+    images), so randomly initialised heads are made non-negative (``|w|``) too. ``signed_heads`` keeps the random signs
+    of toy world v2, under which minimising "LPIPS" drove it below zero while the pixel error grew."""
+    import lpips
+
+    kwargs = dict(pretrained=False, pnet_rand=True) if random_init else {}
+    model = lpips.LPIPS(net=net, verbose=False, **kwargs)
+    if random_init and not signed_heads:
+        with torch.no_grad():
+            for head in model.lins:
+                for layer in head.modules():
+                    if isinstance(layer, torch.nn.Conv2d):
+                        layer.weight.abs_()
+    return model.eval().requires_grad_(False)
 
 
 def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -106,6 +159,8 @@ def slim_losses(
     lpips_model=None,
     generator: Optional[torch.Generator] = None,
     rate: Optional[torch.Tensor] = None,
+    mask_normalization: str = "mass",
+    stage2_timesteps: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """All loss terms for one batch, and their weighted sum under ``"loss"``.
 
@@ -120,6 +175,9 @@ def slim_losses(
         labels, classifier, classifier_preprocess, lpips_model: stage 2 only. ``classifier_preprocess``
             maps decoded images in [0, 1] to the classifier's input.
         rate: variable-rate models only: the rate level of each image, ``(B,)`` (training draws them).
+        mask_normalization: ``"mass"`` or ``"literal"`` (the paper's form), for the guide and RoI MSE terms.
+        stage2_timesteps: the timesteps x̂'s one-step estimate is drawn from (e.g. :func:`decode_timesteps`);
+            ``None``: uniform on [0, T).
     """
     with torch.no_grad():
         latents = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
@@ -133,7 +191,7 @@ def slim_losses(
     pixels_per_image = pixels.shape[-2] * pixels.shape[-1]
     terms = {
         "rate_bpp": rate_bpp(coded.likelihoods, pixels.shape[0] * pixels_per_image),
-        "guide_loss": guide_loss(latents.to(latents_hat.dtype), latents_hat, mask_latent),
+        "guide_loss": guide_loss(latents.to(latents_hat.dtype), latents_hat, mask_latent, mask_normalization),
     }
 
     scheduler = model.scheduler
@@ -157,14 +215,18 @@ def slim_losses(
             raise ValueError("stage 2 needs labels, a classifier and an LPIPS model")
         # one-step x̂: noise ẑ to t, predict x̂₀ with the controlled UNet, decode with the frozen VAE
         noise2 = torch.randn(latents.shape, generator=generator, device="cpu").to(device, latents.dtype)
-        t2 = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
+        if stage2_timesteps is None:
+            t2 = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
+        else:
+            choices = torch.as_tensor(stage2_timesteps, dtype=torch.long).flatten().cpu()
+            t2 = choices[torch.randint(0, len(choices), (batch,), device="cpu", generator=generator)].to(device)
         noisy_hat = scheduler.add_noise(latents_hat, noise2, t2)
         prediction_hat = controlled_noise_prediction(model.unet, model.controlnet, noisy_hat, t2, prompt_embeds, latents_hat)
         x0 = predict_original(scheduler, noisy_hat, prediction_hat, t2)
         decoded = model.vae.decode(x0 / model.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
         decoded = decoded[..., : pixels.shape[-2], : pixels.shape[-1]]
         mask = roi_mask.to(decoded.dtype)
-        terms["roi_mse"] = F.mse_loss(mask * decoded, mask * pixels)
+        terms["roi_mse"] = masked_mse(decoded, pixels, mask, mask_normalization)
         terms["roi_lpips"] = lpips_model(mask * decoded, mask * pixels).mean()
         logits = classifier(classifier_preprocess((decoded + 1) / 2))
         logits = logits.logits if hasattr(logits, "logits") else logits

@@ -25,6 +25,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..utils.distributed import use_cpu_workers
 from ..utils.file_utils import staged_directory
+from .losses import MASK_NORMALIZATIONS, decode_timesteps, perceptual_distance
 from .training_utils import (
     EpochSampler,
     SLIMTrainingModule,
@@ -63,6 +64,9 @@ def parse_args(stage: int, argv=None):
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory: recompute the activations of the control module and of the frozen "
                    "UNet and VAE decoder that the gradients pass through")
     p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--lr_scheduler", default="constant",
+                   help="diffusers' get_scheduler: constant, constant_with_warmup, linear, cosine, ... (default: constant)")
+    p.add_argument("--lr_warmup_steps", type=int, default=0, help="steps of linear learning-rate warm-up from 0")
     p.add_argument("--aux_learning_rate", type=float, default=1e-3, help="for the entropy bottleneck's quantiles")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
@@ -89,10 +93,24 @@ def parse_args(stage: int, argv=None):
     p.add_argument("--lambda_roi", type=float, default=1.0, help="λroi (stage 2)")
     p.add_argument("--lambda_task", type=float, default=0.1, help="λt (stage 2)")
     p.add_argument("--no_roi", action="store_true", help="replace the RoI mask by ones (the 'w/o RoI' ablation)")
+    p.add_argument("--mask_normalization", choices=MASK_NORMALIZATIONS, default="mass",
+                   help="masked MSE terms (guide, RoI): 'mass' divides by the mask's mass, so λg and λroi weigh the same "
+                   "distortion with and without RoI masks; 'literal' is the paper's MSE(M⊙a, M⊙b) over every element")
+    p.add_argument("--stage2_timesteps", choices=["decode", "uniform"], default="decode",
+                   help="stage 2: draw x̂'s one-step timestep from those the decoder runs at (--decode_* flags), or "
+                   "uniformly from [0, T)")
+    p.add_argument("--decode_num_inference_steps", type=int, default=20, help="the decode settings of --stage2_timesteps "
+                   "decode (default: the pipeline's, 20 steps from noise)")
+    p.add_argument("--decode_strength", type=float, default=1.0)
+    p.add_argument("--decode_timestep_spacing", default=None, choices=["leading", "trailing", "linspace"],
+                   help="default: the scheduler's own")
     p.add_argument("--unet_lora_rank", type=int, default=0, help="add PEFT LoRA adapters of this rank to the UNet")
     p.add_argument("--classifier_name_or_path", default="microsoft/resnet-50", help="frozen task classifier (stage 2)")
     p.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex", "squeeze"])
-    p.add_argument("--lpips_random_init", action="store_true", help="offline smoke runs: LPIPS without downloaded weights")
+    p.add_argument("--lpips_random_init", action="store_true",
+                   help="offline runs: LPIPS without downloaded weights (random backbone, heads made non-negative)")
+    p.add_argument("--lpips_signed_heads", action="store_true",
+                   help="with --lpips_random_init: keep the heads' random signs (toy world v2; not a distance)")
     p.add_argument("--exact_entropy_model", action="store_true",
                    help="save the pipeline with an exact (integer) entropy model: post-training conversion of the "
                    "trained one, calibrated on training images; its files decode bit-identically on every device")
@@ -128,6 +146,12 @@ def main(stage: int, argv=None) -> int:
 
     pipe = load_pipeline(args.pretrained_model_name_or_path)
     weights = loss_weights(args)
+    # loss options of every stage; stage 2 adds its classifier, LPIPS and x̂'s timesteps
+    stage2 = {"mask_normalization": args.mask_normalization}
+    if stage == 2 and args.stage2_timesteps == "decode":
+        stage2["stage2_timesteps"] = decode_timesteps(pipe.scheduler, args.decode_num_inference_steps,
+                                                      args.decode_strength, args.decode_timestep_spacing)
+        logger.info(f"stage 2 draws x̂'s timestep from the decoder's {stage2['stage2_timesteps'].tolist()}")
     if weights.rate_levels is not None:
         make_variable_rate(pipe, weights.rate_levels)
         earlier = Path(args.pretrained_model_name_or_path) / "training_state.json"
@@ -173,19 +197,21 @@ def main(stage: int, argv=None) -> int:
     loader = torch.utils.data.DataLoader(train_ds, batch_size=args.train_batch_size, sampler=sampler,
                                          collate_fn=collate, num_workers=args.dataloader_num_workers, drop_last=True)
 
-    stage2 = {}
     if stage == 2:
-        import lpips
         from transformers import AutoModelForImageClassification
 
         classifier = AutoModelForImageClassification.from_pretrained(args.classifier_name_or_path)
         classifier.requires_grad_(False).eval().to(accelerator.device)
-        lpips_kw = dict(pretrained=False, pnet_rand=True) if args.lpips_random_init else {}
-        lpips_model = lpips.LPIPS(net=args.lpips_net, verbose=False, **lpips_kw).to(accelerator.device).eval()
-        lpips_model.requires_grad_(False)
-        stage2 = dict(classifier=classifier, classifier_preprocess=classifier_preprocess_fn(args.classifier_name_or_path),
+        lpips_model = perceptual_distance(args.lpips_net, args.lpips_random_init, args.lpips_signed_heads)
+        lpips_model.to(accelerator.device)
+        stage2.update(classifier=classifier, classifier_preprocess=classifier_preprocess_fn(args.classifier_name_or_path),
                       lpips_model=lpips_model)
 
+    from diffusers.optimization import get_scheduler
+
+    # a function of the step count only: rebuilt on resume by stepping it to the checkpoint's step
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
@@ -201,6 +227,8 @@ def main(stage: int, argv=None) -> int:
         accelerator.load_state(str(resume))
         global_step = int(resume.name.split("-")[1])
         logger.info(f"resumed from {resume} at step {global_step}")
+        for _ in range(global_step):
+            lr_scheduler.step()
     elif args.resume_from_checkpoint:
         logger.info("no checkpoint to resume from: starting a new run")
     first_epoch, skip = divmod(global_step * args.gradient_accumulation_steps, len(loader))
@@ -240,6 +268,8 @@ def main(stage: int, argv=None) -> int:
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(main_params, args.max_grad_norm)
                 optimizer.step()
+                if accelerator.sync_gradients:
+                    lr_scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 micro += 1
