@@ -44,6 +44,12 @@ import foundation  # noqa: E402
 from foundation import IMAGE_SIZE  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
+from slim_diffusers.utils.file_utils import (  # noqa: E402
+    fsync_tree,
+    replace_directory,
+    staged_directory,
+    write_atomically,
+)
 
 BUNDLED = REPO / "slim_diffusers" / "assets" / "toy"
 POOL_SEED = foundation.FOUNDATION_SEED + 20  # the v2 LDM's training images (the foundation seed's LDM offset)
@@ -87,16 +93,16 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 def latent_pool(vae, n: int, cache: Path):
     """The training latents (and captions) of ``n`` toy images, encoded once by the frozen VAE and cached."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
-    if cache.is_file():
+    if cache.is_file() and cache.with_suffix(".json").is_file():
         data = load_file(str(cache))
         captions = json.loads(cache.with_suffix(".json").read_text())
         if len(captions) == n:
             return data["latents"], captions
     latents, captions = foundation.encode_pool(vae, n, POOL_SEED)
-    save_file({"latents": latents.contiguous()}, str(cache))
-    cache.with_suffix(".json").write_text(json.dumps(captions))
+    write_atomically(cache, save({"latents": latents.contiguous()}))
+    write_atomically(cache.with_suffix(".json"), json.dumps(captions).encode())
     return latents, captions
 
 
@@ -220,12 +226,8 @@ def main(argv=None) -> int:
         save_file({str(i): t.contiguous() for i, t in enumerate(ema_state.pop("shadow_params"))}, str(tmp / "ema.safetensors"))
         (tmp / "ema.json").write_text(json.dumps({k: v for k, v in ema_state.items() if not torch.is_tensor(v)}))
         (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, "cpu_seconds": cpu_seconds}))
-        old = out / "checkpoint.old"
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        if old.exists():
-            shutil.rmtree(old)
+        fsync_tree(tmp)
+        replace_directory(tmp, ckpt)  # the earlier checkpoint or this one at every instant
 
     def evaluate():
         ema.store(params)
@@ -288,14 +290,15 @@ def main(argv=None) -> int:
     sd = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                  scheduler=foundation.build_scheduler(), safety_checker=None, feature_extractor=None,
                                  requires_safety_checker=False)
-    sd.save_pretrained(out / "sd", safe_serialization=True)
-    (out / "sd" / "provenance.json").write_text(json.dumps({
-        "command": "benchmarks/toy/train_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "steps": step, "wall_seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "init": None if args.from_scratch else {"path": str(args.init), "weights_sha256": sha256_of(args.init / "unet")},
-        "weights": "EMA", "settings": {k: str(v) for k, v in vars(args).items()},
-    }, indent=2) + "\n")
+    with staged_directory(out / "sd") as stage:  # appears whole, provenance included
+        sd.save_pretrained(stage, safe_serialization=True)
+        (stage / "provenance.json").write_text(json.dumps({
+            "command": "benchmarks/toy/train_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "seed": args.seed, "steps": step, "wall_seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "init": None if args.from_scratch else {"path": str(args.init), "weights_sha256": sha256_of(args.init / "unet")},
+            "weights": "EMA", "settings": {k: str(v) for k, v in vars(args).items()},
+        }, indent=2) + "\n")
     print(f"[prior] done: {out / 'sd'}", flush=True)
     return 0
 
