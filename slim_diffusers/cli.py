@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from .utils.hub import ASSETS, BUNDLED_MODEL, toy_decode_settings, toy_model_path
+
 # `--model toy` names the SLIM model bundled in the package (slim_diffusers/assets/toy/, what `slim demo` runs),
 # decoded with its own settings (assets/toy/demo.json) unless --steps/--strength say otherwise. Hub repositories
-# are named owner/name; a local folder called toy is `./toy`.
-BUNDLED_MODEL = "toy"
-ASSETS = Path(__file__).resolve().parent / "assets"
+# are named owner/name; a local folder called toy is `./toy`. `SLIMPipeline.from_pretrained("toy")` says the same.
 DEFAULT_STEPS, DEFAULT_STRENGTH = 20, 1.0
 
 
@@ -143,11 +143,6 @@ class _Model:
     decode: dict = field(default_factory=dict)
 
 
-def _bundled_decode_settings() -> dict:
-    settings = json.loads((ASSETS / "toy" / "demo.json").read_text()).get("decode", {})
-    return {k: v for k, v in settings.items() if k in ("num_inference_steps", "strength")}
-
-
 def _could_be_hub_id(name: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -163,7 +158,7 @@ def _resolve_model(name: str) -> _Model:
     if name == BUNDLED_MODEL:
         if Path(name).is_dir():
             print(f"note: --model {name} is the bundled toy model; write ./{name} for the folder {name}", file=sys.stderr)
-        return _Model(name, str(ASSETS / "toy" / "slim"), _bundled_decode_settings())
+        return _Model(name, str(toy_model_path()), toy_decode_settings())
     path = Path(name).expanduser()
     what = "a SLIM model is a folder written by SLIMPipeline.save_pretrained"
     if path.is_dir():

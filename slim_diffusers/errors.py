@@ -16,3 +16,9 @@ class SLIMDecodeLimitError(SLIMBitstreamError):
     A file of a few dozen bytes can claim up to 16384×16384 pixels, and decoding costs time and memory in
     proportion to the size claimed; the limit keeps an untrusted file from taking more than a large image's worth.
     """
+
+
+class SLIMModelNotFoundError(OSError):
+    """A model named to ``from_pretrained`` or a script is neither a folder here nor reachable on the Hugging Face
+    Hub (offline: not in the local cache). An ``OSError``, as diffusers' and transformers' own "cannot load" errors
+    are, so code that catches those catches it too."""

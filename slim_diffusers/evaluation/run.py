@@ -39,12 +39,14 @@ def load_slim_pipelines(models: Sequence[str], device=None) -> Dict[str, Any]:
 
     if len(set(models)) != len(models):
         raise EvaluationSetupError(f"--model lists a model twice: {list(models)}")
+    from ..utils.hub import SLIMModelNotFoundError, from_pretrained_or_explain
+
     pipelines = {}
     for label, model in zip(rate_point_labels(models), models):
         try:
-            pipe = SLIMPipeline.from_pretrained(model)
-        except OSError as err:
-            raise EvaluationSetupError(f"could not load the SLIM model {model!r}: {err}") from None
+            pipe = from_pretrained_or_explain(SLIMPipeline, model)
+        except SLIMModelNotFoundError as err:
+            raise EvaluationSetupError(str(err)) from None
         if device is not None:
             pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -89,10 +91,11 @@ def build_codecs(
     if rates is not None and not models:
         raise EvaluationSetupError("--rates sweeps the rates of a variable-rate SLIM model: give it with --model")
     if models:
+        pipelines = load_slim_pipelines(models, device)  # its errors name the model, not --rates
         try:
-            pipelines, point_rates = slim_rate_points(load_slim_pipelines(models, device), rates)
+            pipelines, point_rates = slim_rate_points(pipelines, rates)
         except ValueError as err:
-            raise EvaluationSetupError(f"--rates: {err}") from None
+            raise EvaluationSetupError(f"--rates: {err}" if rates is not None else str(err)) from None
         slim = dict(num_inference_steps=num_inference_steps, strength=strength, seed=seed, rates=point_rates)
         codecs.append(SLIMCodec(pipelines, name="SLIM", **slim))
         if no_diffusion_curve:

@@ -10,6 +10,7 @@ The stages follow diffusers' ControlNet and img2img pipelines: ``check_inputs`` 
 import contextlib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -158,6 +159,29 @@ class SLIMPipeline(DiffusionPipeline):
         self._vae_tile_size: Optional[int] = None
 
     # ------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "SLIMPipeline":
+        """diffusers' ``from_pretrained``, with two additions.
+
+        ``"toy"`` names the SLIM model bundled in the package (:func:`slim_diffusers.toy_model_path`), as
+        ``--model toy`` does on the command line; a local folder called toy is ``"./toy"``. It decodes best with
+        its own settings: ``pipe.decompress(bitstream, **slim_diffusers.toy_decode_settings())``.
+
+        A Hub id that is neither a folder here nor available (offline: not in the local cache; online: not on the
+        Hub, or the Hub unreachable) raises :class:`~slim_diffusers.SLIMModelNotFoundError` with one sentence
+        that says what to do, before any component is looked for.
+        """
+        from ..utils.hub import BUNDLED_MODEL, check_model, resolve_model_name
+
+        name = pretrained_model_name_or_path
+        if isinstance(name, str) and name == BUNDLED_MODEL and Path(name).is_dir():
+            logger.warning(f"{name!r} is the bundled toy model; write './{name}' for the folder {name}")
+        name = resolve_model_name(name)
+        check_model(name, "model_index.json", "SLIM model", revision=kwargs.get("revision"),
+                    cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"),
+                    local_files_only=bool(kwargs.get("local_files_only")))
+        return super().from_pretrained(name, **kwargs)
+
     @classmethod
     def from_stable_diffusion(
         cls,
