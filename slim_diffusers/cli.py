@@ -176,6 +176,11 @@ def _resolve_model(name: str) -> _Model:
         raise CLIError(f"no SLIM model at {name} (it is a file; {what})")
     if not _could_be_hub_id(name):
         raise CLIError(f"no SLIM model at {name} (no such folder)")
+    from .utils.hub import missing_model_reason
+
+    # a Hub id is looked up now (the local cache, or one request), not after the dataset and the other models load
+    if missing_model_reason(name, "model_index.json", "SLIM model") is not None:
+        raise CLIError(_hub_failure(name))
     return _Model(name, name)
 
 
@@ -184,8 +189,9 @@ def _hub_failure(name: str) -> str:
 
     why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if constants.HF_HUB_OFFLINE
            else "no such model, or the Hub cannot be reached")
-    return (f"could not fetch the SLIM model {name} from the Hugging Face Hub ({why}); for a model on this machine "
-            f"pass its folder, e.g. --model ./my-slim, or --model {BUNDLED_MODEL} for the bundled toy model")
+    return (f"no SLIM model at {name}: no such folder here, and it could not be fetched from the Hugging Face Hub "
+            f"({why}); for a model on this machine pass its folder, e.g. --model ./my-slim, or --model "
+            f"{BUNDLED_MODEL} for the bundled toy model")
 
 
 def _quiet_loading() -> None:

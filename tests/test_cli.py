@@ -160,7 +160,11 @@ MISTAKES = {
     "not an image": (["compress", "text.png", "--model", "toy", "-o", "out"], "text.png: not an image"),
     "no model folder": (["compress", "ok.png", "--model", "./my-model", "-o", "out"], "no SLIM model at ./my-model"),
     "not a model folder": (["compress", "ok.png", "--model", "empty", "-o", "out"], "no SLIM model at empty"),
-    "hub offline": (["compress", "ok.png", "--model", "org/slim", "-o", "out"], "could not fetch the SLIM model org/slim"),
+    "hub offline": (["compress", "ok.png", "--model", "org/slim", "-o", "out"],
+                    "no SLIM model at org/slim: no such folder here, and it could not be fetched from the Hugging Face Hub"),
+    # a missing folder whose name could be a Hub id: named as the model, not as --rates, and with no "stacktrace above"
+    "evaluate missing model": (["evaluate", "--model", "slim-lr1", "--dataset", "data", "-o", "out", "--classifiers",
+                                "clf"], "no SLIM model at slim-lr1: no such folder here"),
     "corrupt file": (["decompress", "bad.slim", "--model", "toy", "-o", "out"], "SLIMBitstreamError: bad.slim"),
     "bomb": (["decompress", "bomb.slim", "--model", "toy", "-o", "out"], "SLIMDecodeLimitError: bomb.slim"),
     "other model": (["decompress", "tiny.slim", "--model", "toy", "-o", "out"], "SLIMModelMismatchError: tiny.slim"),

@@ -39,14 +39,16 @@ def load_slim_pipelines(models: Sequence[str], device=None) -> Dict[str, Any]:
 
     if len(set(models)) != len(models):
         raise EvaluationSetupError(f"--model lists a model twice: {list(models)}")
-    from ..utils.hub import SLIMModelNotFoundError, from_pretrained_or_explain
+    from ..errors import SLIMModelNotFoundError
 
     pipelines = {}
     for label, model in zip(rate_point_labels(models), models):
         try:
-            pipe = from_pretrained_or_explain(SLIMPipeline, model)
-        except SLIMModelNotFoundError as err:
+            pipe = SLIMPipeline.from_pretrained(model)
+        except SLIMModelNotFoundError as err:  # one sentence naming the model
             raise EvaluationSetupError(str(err)) from None
+        except OSError as err:
+            raise EvaluationSetupError(f"could not load the SLIM model {model!r}: {err}") from None
         if device is not None:
             pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
