@@ -24,6 +24,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..utils.distributed import use_cpu_workers
+from .inputs import exit_on_mistakes, training_input_mistakes
 from .training_utils import (
     EpochSampler,
     SLIMTrainingModule,
@@ -100,6 +101,7 @@ def parse_args(stage: int, argv=None):
     if (args.train_data_dir is None) == (args.dataset_name is None):
         p.error("give exactly one of --train_data_dir and --dataset_name")
     args.stage = stage
+    exit_on_mistakes(p.prog, training_input_mistakes(args))  # before anything loads or any folder is made
     return args
 
 
@@ -116,8 +118,6 @@ def main(stage: int, argv=None) -> int:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_checkpoint(output_dir, args.resume_from_checkpoint)  # before any model loads
 
     pipe = load_pipeline(args.pretrained_model_name_or_path)
@@ -180,6 +180,8 @@ def main(stage: int, argv=None) -> int:
         stage2 = dict(classifier=classifier, classifier_preprocess=classifier_preprocess_fn(args.classifier_name_or_path),
                       lpips_model=lpips_model)
 
+    if accelerator.is_main_process:  # made once everything has loaded: a run that fails to start leaves no folder
+        output_dir.mkdir(parents=True, exist_ok=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:

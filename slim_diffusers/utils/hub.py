@@ -51,7 +51,9 @@ def _cached(repo_id: str, filename: str, repo_type: str, revision: Optional[str]
     return isinstance(found, str)
 
 
-def _what_to_pass(what: str) -> str:
+def _what_to_pass(what: str, hint: Optional[str] = None) -> str:
+    if hint:
+        return hint
     if what == "SLIM model":
         return (f"pass a folder written by SLIMPipeline.save_pretrained, or {BUNDLED_MODEL!r} for the bundled toy model "
                 "(slim_diffusers.toy_model_path())")
@@ -68,33 +70,35 @@ def missing_model_reason(
     cache_dir=None,
     token=None,
     local_files_only: bool = False,
+    hint: Optional[str] = None,
 ) -> Optional[str]:
     """One sentence saying why ``name`` cannot be loaded, or ``None`` when it is there (or the Hub does not say it
     is missing: a gated repository is left to the loader, which asks for the token).
 
     ``name`` is a folder holding ``filename`` (``model_index.json`` for a pipeline, ``config.json`` for a model),
-    or a Hub id whose ``filename`` is in the local cache or, online, on the Hub."""
+    or a Hub id whose ``filename`` is in the local cache or, online, on the Hub. ``hint`` replaces the closing
+    advice (what to pass instead)."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / filename).is_file():
-            return f"{name}: the folder has no {filename}; {_what_to_pass(what)}"
+            return f"{name}: the folder has no {filename}; {_what_to_pass(what, hint)}"
         return None
     if path.exists():
-        return f"{name}: is a file, not a {what} folder; {_what_to_pass(what)}"
+        return f"{name}: is a file, not a {what} folder; {_what_to_pass(what, hint)}"
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     name = str(name)
     try:
         validate_repo_id(name)
     except HFValidationError:
-        return f"{name}: no such folder; {_what_to_pass(what)}"
+        return f"{name}: no such folder; {_what_to_pass(what, hint)}"
     if _cached(name, filename, repo_type, revision, cache_dir):
         return None
     hub = "dataset on the Hugging Face Hub" if repo_type == "dataset" else f"{what} on the Hugging Face Hub"
     if _hub_offline() or local_files_only:
         why = "HF_HUB_OFFLINE is set" if _hub_offline() else "local_files_only is set"
         return (f"{name}: no such folder, and {why} and the Hugging Face cache does not hold it; "
-                f"{_what_to_pass(what)}, or download it first on a machine with network")
+                f"{_what_to_pass(what, hint)}, or download it first on a machine with network")
     from huggingface_hub import file_exists
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -109,8 +113,8 @@ def missing_model_reason(
         return None  # the Hub answered something else (a rate limit, an outage): the loader reports it itself
     except Exception as err:  # noqa: BLE001 — no network: httpx/requests connection errors, timeouts
         return (f"{name}: no such folder, and the Hugging Face Hub cannot be reached ({type(err).__name__}: "
-                f"{' '.join(str(err).split())}); {_what_to_pass(what)}, or set HF_HUB_OFFLINE=1 to use the local cache")
-    return f"{name}: no such folder, and no such {hub} (or it has no {filename}); {_what_to_pass(what)}"
+                f"{' '.join(str(err).split())}); {_what_to_pass(what, hint)}, or set HF_HUB_OFFLINE=1 to use the local cache")
+    return f"{name}: no such folder, and no such {hub} (or it has no {filename}); {_what_to_pass(what, hint)}"
 
 
 def check_model(name, filename: str = "model_index.json", what: str = "model", **kwargs) -> None:
@@ -120,3 +124,25 @@ def check_model(name, filename: str = "model_index.json", what: str = "model", *
         from ..errors import SLIMModelNotFoundError
 
         raise SLIMModelNotFoundError(reason)
+
+
+def missing_dataset_reason(name: str, flag: str, cache_dir=None, hint: str = "") -> Optional[str]:
+    """Offline, one sentence when the Hub dataset ``name`` is in neither huggingface_hub's cache nor the datasets
+    cache (``cache_dir``, else datasets' default); ``None`` otherwise. Online, ``datasets`` reports a missing
+    dataset itself, after one request. The look-up is lenient (any cached entry carrying the dataset's name): a
+    cached dataset must never be refused."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE or Path(name).exists():
+        return None
+    hub_entry = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    if hub_entry.is_dir():
+        return None
+    import datasets
+
+    base = name.rsplit("/", 1)[-1].lower()
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
+    if root.is_dir() and any(base in entry.name.lower() for entry in root.iterdir()):
+        return None
+    return (f"{flag} {name}: no such folder, and HF_HUB_OFFLINE is set and no cache holds the Hub dataset "
+            f"{name}{hint}")
