@@ -482,7 +482,11 @@ def _cmd_evaluate(args) -> int:
 def _cmd_demo(args) -> int:
     bundled = sorted((ASSETS / "images").glob("*.png"))
     sources = bundled + _check_each(args.images, _check_image)
-    out = _OutputFolder(args.output_dir, force=True)  # the demo's own folder: run it again, it writes again
+    out = _OutputFolder(args.output_dir, force=args.force)
+    if out.path.is_dir() and any(out.path.iterdir()) and not args.force:
+        # as every command: files already there are not replaced unless asked
+        raise CLIError(f"{args.output_dir}: exists and is not empty; pass --force to write the demo's files over it, "
+                       "or -o another folder")
     model = _resolve_model(args.model)
     classifier_dir = Path(args.classifier) if args.classifier else (
         ASSETS / "toy" / "classifier" if args.model == BUNDLED_MODEL else None)
@@ -714,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=_rate, default=None, help=rate_help)
     p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
     p.add_argument("--strength", type=_strength, default=None, help=strength_help)
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder (replacing the demo's files)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -151,6 +151,8 @@ def mistakes(tmp_path_factory, model_dir):
     (root / "empty").mkdir()
     (root / "file").write_text("x")
     PIL.Image.new("RGB", (16, 16)).save(root / "ok.png")
+    (root / "earlier-demo").mkdir()
+    (root / "earlier-demo" / "striped_star.png").write_text("an earlier run's file")
     return root
 
 
@@ -170,6 +172,7 @@ MISTAKES = {
     "other model": (["decompress", "tiny.slim", "--model", "toy", "-o", "out"], "SLIMModelMismatchError: tiny.slim"),
     "bad flag": (["decompress", "tiny.slim", "--model", "toy", "-o", "out", "--steps", "0"], "--steps"),
     "output is a file": (["decompress", "tiny.slim", "--model", "toy", "-o", "file"], "file: exists and is not a folder"),
+    "demo over earlier files": (["demo", "-o", "earlier-demo"], "earlier-demo: exists and is not empty; pass --force"),
 }
 
 
@@ -182,6 +185,7 @@ def test_each_mistake_is_one_line_and_a_non_zero_status(mistakes, name):
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (mistakes / "out").exists()  # no empty output folder left behind
+    assert (mistakes / "earlier-demo" / "striped_star.png").read_text() == "an earlier run's file"
 
 
 def test_unexpected_errors_are_one_line_and_debug_adds_the_traceback(mistakes, model_dir):
