@@ -279,6 +279,18 @@ def _write_png(path: Path, image) -> None:
     write_atomically(path, lambda f: image.save(f, format="PNG"))
 
 
+def _progress(items: list, desc: str):
+    """A progress bar over ``items``; the package's warnings meanwhile (an empty caption sent, a short decoding
+    schedule) are printed on lines of their own above it, not appended to the bar's line."""
+    import logging
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger("slim_diffusers")]):
+        yield from tqdm(items, desc=desc, unit="img")
+
+
 def _print_summary(bpps, total_bytes: int, out_dir) -> None:
     print(f"{len(bpps)} files, {total_bytes} bytes, mean {sum(bpps) / len(bpps):.4f} bpp -> {out_dir}")
 
@@ -351,13 +363,12 @@ def _cmd_compress(args) -> int:
     model = _resolve_model(args.model)
 
     from PIL import Image
-    from tqdm.auto import tqdm
 
     pipe = _load_pipeline(model, sender_only=True, device=args.device)
     rate = _resolve_rate(pipe, args.rate, model)
     total_bytes, bpps = 0, []
     with out:
-        for source, target in tqdm(list(zip(sources, targets)), desc="compress", unit="img"):
+        for source, target in _progress(list(zip(sources, targets)), desc="compress"):
             with Image.open(source) as image:
                 image.load()
                 (bs,) = pipe.compress(image, captions=args.caption, rate=rate)
@@ -377,7 +388,6 @@ def _cmd_decompress(args) -> int:
     model = _resolve_model(args.model)
 
     import torch
-    from tqdm.auto import tqdm
 
     from .errors import SLIMBitstreamError
 
@@ -387,7 +397,7 @@ def _cmd_decompress(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     total_bytes, bpps, errors = 0, [], []
     with out:
-        for path, bs, target in tqdm(list(zip(args.files, bitstreams, targets)), desc="decompress", unit="img"):
+        for path, bs, target in _progress(list(zip(args.files, bitstreams, targets)), desc="decompress"):
             try:
                 image = pipe.decompress(bs, use_diffusion=not args.no_diffusion, generator=generator,
                                         max_pixels=args.max_pixels, **settings).images[0]

@@ -234,3 +234,14 @@ def test_demo_at_the_lowest_rate_of_the_bundled_variable_rate_model(tmp_path, ca
     golden = sorted((Path(__file__).parent / "golden" / "bundled_toy").glob("*.slim"))
     assert [f.name for f in files] == [f.name for f in golden] and all(SLIMBitstream.load(f).rate == 6 for f in golden)
     assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in golden)
+
+
+def test_a_warning_during_the_progress_bar_gets_a_line_of_its_own(tmp_path):
+    # the bundled model has no captioner: compressing without --caption warns that an empty caption is sent; the
+    # warning must start a line of its own (tqdm redraws its bar with carriage returns), not follow the bar's text
+    image = Path(slim_diffusers.__file__).parent / "assets" / "images" / "striped_star.png"
+    result = _slim("compress", str(image), "--model", "toy", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    segments = re.split(r"[\r\n]", result.stderr)
+    warned = [s for s in segments if "sending an empty caption" in s]
+    assert len(warned) == 1 and warned[0].startswith("no caption given"), result.stderr
