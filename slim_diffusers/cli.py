@@ -745,6 +745,40 @@ def _configure_runtime() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
+def _answering_ctrl_c(func: Callable, args):
+    """``func(args)`` in a worker thread, the main thread only waiting for it, so that Ctrl-C is answered at once.
+
+    Python runs its SIGINT handler in the main thread between two bytecodes; a torch operation in flight holds it
+    until it returns, and on the CPU one attention over the latent of a 4000×3000 image takes over a minute. The
+    worker is a daemon thread: on Ctrl-C the process ends (status 130) without waiting for it. Files are written
+    atomically, so none is left half-written."""
+    import threading
+
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["value"] = func(args)
+        except BaseException as err:  # noqa: BLE001 — handed to the main thread, which reports it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name=f"slim {args.command}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        # the worker cannot be stopped from here, and a thread inside torch does not survive the interpreter's exit
+        # (C++ aborts it): the process ends now, as the interrupted command it is
+        print("slim: interrupted", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
@@ -754,7 +788,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = getattr(args, "debug", False)
     _configure_runtime()
     try:
-        return args.func(args)
+        return _answering_ctrl_c(args.func, args)
     except KeyboardInterrupt:
         print("slim: interrupted", file=sys.stderr)
         return 130

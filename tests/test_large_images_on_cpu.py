@@ -68,3 +68,33 @@ def test_ctrl_c_stops_a_decode_between_denoising_steps(tmp_path):
     assert "slim: interrupted" in rest and "Traceback" not in rest
     assert stopped < 20, f"{stopped:.1f} s from Ctrl-C to exit"  # one 64×64-latent step takes well under a second
     assert not out.exists()  # nothing half-written, no empty folder
+
+
+def test_ctrl_c_is_answered_during_one_long_torch_operation(tmp_path):
+    # one operation that holds the main thread for many seconds, as one attention over the latent of a 4000×3000 image
+    # does on the CPU (over a minute); the command runs in a worker thread, so Ctrl-C does not wait for it
+    code = ("import sys, time, torch; import slim_diffusers.cli as cli; torch.set_num_threads(1)\n"
+            "def long_op(args):\n"
+            "    print('started', file=sys.stderr, flush=True)\n"
+            "    for _ in range(1000):\n"
+            "        torch.ones(3000, 3000) @ torch.ones(3000, 3000)\n"
+            "    return 0\n"
+            "a = torch.ones(3000, 3000); t = time.perf_counter(); a @ a; one = time.perf_counter() - t\n"
+            "print(f'one {one:.3f}', file=sys.stderr, flush=True)\n"
+            "cli._cmd_info = long_op\n"
+            "sys.exit(cli.main(['info', 'x.slim']))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        one = float(child.stderr.readline().split()[1])  # seconds of one operation on this machine, now
+        assert child.stderr.readline().strip() == "started"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        sent = time.perf_counter()
+        rest = child.communicate(timeout=300)[1]
+        stopped = time.perf_counter() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130 and "slim: interrupted" in rest, rest
+    assert stopped < max(2.0, one / 2), f"{stopped:.2f} s from Ctrl-C to exit; one operation takes {one:.2f} s"
