@@ -52,6 +52,7 @@ def test_smoke_and_tiny_runs_leave_the_tracked_results_alone(tmp_path):
     smoke_dir = REPO / "outputs" / "benchmarks" / "calibrate_world"
     tiny_file = REPO / "outputs" / "benchmarks" / "train_full_size.txt"
     tiny_before = tiny_file.read_text() if tiny_file.is_file() else ""
+    made = [p for p in (REPO / "outputs", REPO / "outputs" / "benchmarks") if not p.exists()]
     try:
         calibrate = subprocess.run([sys.executable, str(BENCHMARKS / "toy" / "calibrate_world.py"), "--smoke"],
                                    env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -68,4 +69,7 @@ def test_smoke_and_tiny_runs_leave_the_tracked_results_alone(tmp_path):
             tiny_file.write_text(tiny_before)
         else:
             tiny_file.unlink(missing_ok=True)
+        for folder in reversed(made):  # the folders this test made, if empty again
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     assert _digests() == before
