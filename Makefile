@@ -15,8 +15,9 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# --force: demo_output/ is this target's own folder (`make clean` removes it), so `make demo` can be run again
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/slim demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/slim demo --force
 
 # -rs: every skipped test says why (e.g. where it looked for the Kodak images). OMP_WAIT_POLICY=PASSIVE: idle
 # OpenMP threads sleep instead of spinning, which keeps the suite fast on a machine that runs other work too

@@ -4,7 +4,19 @@ as a sibling module)."""
 import os
 import platform
 from pathlib import Path
-from typing import List
+from typing import List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+# smoke and tiny runs check that the code runs; their numbers mean nothing, so they never rewrite a tracked result
+SMOKE_RESULTS = REPO / "outputs" / "benchmarks"
+
+
+def results_path(tracked: Path, smoke: bool, given: Optional[Path] = None) -> Path:
+    """Where a run writes its results: ``given`` when the command line names a path; else, for a smoke or tiny run,
+    the tracked file's name under ``outputs/benchmarks/`` (ignored by git); else the tracked file itself."""
+    if given is not None:
+        return Path(given)
+    return SMOKE_RESULTS / tracked.name if smoke else tracked
 
 
 def cpu_model() -> str:

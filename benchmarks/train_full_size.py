@@ -11,7 +11,8 @@ Every stage runs in a fresh process, which reports: the time to load (start to t
 first step (warm-up: allocator, kernel choice), the median of the other steps, the time after the last step
 (a checkpoint, a validation pass on one image and the saved pipeline) and the peak resident memory during the
 steps and of the whole process. Results are appended to ``benchmarks/results/train_full_size.txt`` with the
-machine, the threads and the load average.
+machine, the threads and the load average (a ``--tiny`` run's to ``outputs/benchmarks/train_full_size.txt``, unless
+``--results`` names a file).
 
     python benchmarks/train_full_size.py                                # 256², batch 1, 3 steps, 2 threads
     python benchmarks/train_full_size.py --resolution 512 --batch-sizes 1 4
@@ -33,7 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from machine_info import finish_results, load_average, machine
+from machine_info import finish_results, load_average, machine, results_path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_full_size.txt"
@@ -190,6 +191,9 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="keep the built models, data and outputs here (default: a "
                         "temporary folder, deleted at the end; full size writes about 25 GB)")
     parser.add_argument("--no-save", action="store_true", help=f"print only; do not append to {RESULTS.name}")
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"the file results are appended to (default: benchmarks/results/{RESULTS.name}; with "
+                        f"--tiny, outputs/benchmarks/{RESULTS.name}, so a CI-sized run never rewrites the tracked one)")
     parser.add_argument("--build", metavar="DIR", help=argparse.SUPPRESS)  # in a child
     if sys.argv[1:2] == ["--train-stage"]:  # in a child: the stage, then the training script's own flags
         print(json.dumps(train(int(sys.argv[2]), sys.argv[3:])))
@@ -262,7 +266,7 @@ def main() -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    finish_results(RESULTS, header, lines, save=not args.no_save)
+    finish_results(results_path(RESULTS, args.tiny, args.results), header, lines, save=not args.no_save)
     return 0 if not any(": failed" in line or "not finished" in line for line in lines) else 1
 
 

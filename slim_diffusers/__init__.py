@@ -38,6 +38,10 @@ __getattr__, __dir__, _names = lazy_exports(
         "SLIMDecodeLimitError": "slim_diffusers.errors",
         "SLIMRateControlError": "slim_diffusers.errors",
         "SLIMTargetSizeError": "slim_diffusers.errors",
+        "SLIMModelNotFoundError": "slim_diffusers.errors",
+        # the bundled toy model: `SLIMPipeline.from_pretrained(toy_model_path())`, or `from_pretrained("toy")`
+        "toy_model_path": "slim_diffusers.utils.hub",
+        "toy_decode_settings": "slim_diffusers.utils.hub",
         # base classes diffusers' loader resolves on the component's package
         "ModelMixin": "diffusers.models.modeling_utils",
         "ConfigMixin": "diffusers.configuration_utils",
@@ -49,9 +53,10 @@ __all__ = _names + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .coding.bitstream import SLIMBitstream
-    from .errors import (SLIMBitstreamError, SLIMDecodeLimitError, SLIMModelMismatchError, SLIMRateControlError,
-                         SLIMTargetSizeError)
+    from .errors import (SLIMBitstreamError, SLIMDecodeLimitError, SLIMModelMismatchError, SLIMModelNotFoundError,
+                         SLIMRateControlError, SLIMTargetSizeError)
     from .models.compressor import SLIMCompressor, SLIMCompressorOutput
     from .models.controlnet import SLIMControlNet
     from .models.decompressor import SLIMDecompressor, SLIMDecompressorOutput
     from .pipelines.pipeline_slim import SLIMPipeline, SLIMPipelineOutput
+    from .utils.hub import toy_decode_settings, toy_model_path

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from .utils.hub import ASSETS, BUNDLED_MODEL, toy_decode_settings, toy_model_path
+
 # `--model toy` names the SLIM model bundled in the package (slim_diffusers/assets/toy/, what `slim demo` runs),
 # decoded with its own settings (assets/toy/demo.json) unless --steps/--strength say otherwise. Hub repositories
-# are named owner/name; a local folder called toy is `./toy`.
-BUNDLED_MODEL = "toy"
-ASSETS = Path(__file__).resolve().parent / "assets"
+# are named owner/name; a local folder called toy is `./toy`. `SLIMPipeline.from_pretrained("toy")` says the same.
 DEFAULT_STEPS, DEFAULT_STRENGTH = 20, 1.0
 
 
@@ -143,11 +143,6 @@ class _Model:
     decode: dict = field(default_factory=dict)
 
 
-def _bundled_decode_settings() -> dict:
-    settings = json.loads((ASSETS / "toy" / "demo.json").read_text()).get("decode", {})
-    return {k: v for k, v in settings.items() if k in ("num_inference_steps", "strength")}
-
-
 def _could_be_hub_id(name: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -163,7 +158,7 @@ def _resolve_model(name: str) -> _Model:
     if name == BUNDLED_MODEL:
         if Path(name).is_dir():
             print(f"note: --model {name} is the bundled toy model; write ./{name} for the folder {name}", file=sys.stderr)
-        return _Model(name, str(ASSETS / "toy" / "slim"), _bundled_decode_settings())
+        return _Model(name, str(toy_model_path()), toy_decode_settings())
     path = Path(name).expanduser()
     what = "a SLIM model is a folder written by SLIMPipeline.save_pretrained"
     if path.is_dir():
@@ -181,6 +176,11 @@ def _resolve_model(name: str) -> _Model:
         raise CLIError(f"no SLIM model at {name} (it is a file; {what})")
     if not _could_be_hub_id(name):
         raise CLIError(f"no SLIM model at {name} (no such folder)")
+    from .utils.hub import missing_model_reason
+
+    # a Hub id is looked up now (the local cache, or one request), not after the dataset and the other models load
+    if missing_model_reason(name, "model_index.json", "SLIM model") is not None:
+        raise CLIError(_hub_failure(name))
     return _Model(name, name)
 
 
@@ -189,8 +189,9 @@ def _hub_failure(name: str) -> str:
 
     why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if constants.HF_HUB_OFFLINE
            else "no such model, or the Hub cannot be reached")
-    return (f"could not fetch the SLIM model {name} from the Hugging Face Hub ({why}); for a model on this machine "
-            f"pass its folder, e.g. --model ./my-slim, or --model {BUNDLED_MODEL} for the bundled toy model")
+    return (f"no SLIM model at {name}: no such folder here, and it could not be fetched from the Hugging Face Hub "
+            f"({why}); for a model on this machine pass its folder, e.g. --model ./my-slim, or --model "
+            f"{BUNDLED_MODEL} for the bundled toy model")
 
 
 def _quiet_loading() -> None:
@@ -276,6 +277,18 @@ def _write_png(path: Path, image) -> None:
     from .utils.file_utils import write_atomically
 
     write_atomically(path, lambda f: image.save(f, format="PNG"))
+
+
+def _progress(items: list, desc: str):
+    """A progress bar over ``items``; the package's warnings meanwhile (an empty caption sent, a short decoding
+    schedule) are printed on lines of their own above it, not appended to the bar's line."""
+    import logging
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger("slim_diffusers")]):
+        yield from tqdm(items, desc=desc, unit="img")
 
 
 def _print_summary(bpps, total_bytes: int, out_dir) -> None:
@@ -370,7 +383,7 @@ def _cmd_compress(args) -> int:
             jobs = list(zip(sources, targets, bitstreams))
         else:
             jobs = list(zip(sources, targets, [None] * len(sources)))
-        for source, target, bs in tqdm(jobs, desc="compress", unit="img"):
+        for source, target, bs in _progress(jobs, desc="compress"):
             if bs is None:
                 try:
                     (bs,) = pipe.compress(read(source), captions=args.caption, rate=rate, **size)
@@ -418,7 +431,6 @@ def _cmd_decompress(args) -> int:
     model = _resolve_model(args.model)
 
     import torch
-    from tqdm.auto import tqdm
 
     from .errors import SLIMBitstreamError
 
@@ -428,7 +440,7 @@ def _cmd_decompress(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     total_bytes, bpps, errors = 0, [], []
     with out:
-        for path, bs, target in tqdm(list(zip(args.files, bitstreams, targets)), desc="decompress", unit="img"):
+        for path, bs, target in _progress(list(zip(args.files, bitstreams, targets)), desc="decompress"):
             try:
                 image = pipe.decompress(bs, use_diffusion=not args.no_diffusion, generator=generator,
                                         max_pixels=args.max_pixels, **settings).images[0]
@@ -523,7 +535,11 @@ def _cmd_evaluate(args) -> int:
 def _cmd_demo(args) -> int:
     bundled = sorted((ASSETS / "images").glob("*.png"))
     sources = bundled + _check_each(args.images, _check_image)
-    out = _OutputFolder(args.output_dir, force=True)  # the demo's own folder: run it again, it writes again
+    out = _OutputFolder(args.output_dir, force=args.force)
+    if out.path.is_dir() and any(out.path.iterdir()) and not args.force:
+        # as every command: files already there are not replaced unless asked
+        raise CLIError(f"{args.output_dir}: exists and is not empty; pass --force to write the demo's files over it, "
+                       "or -o another folder")
     model = _resolve_model(args.model)
     classifier_dir = Path(args.classifier) if args.classifier else (
         ASSETS / "toy" / "classifier" if args.model == BUNDLED_MODEL else None)
@@ -792,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=_rate, default=None, help=rate_help)
     p.add_argument("--steps", type=_positive_int, default=None, help=steps_help)
     p.add_argument("--strength", type=_strength, default=None, help=strength_help)
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder (replacing the demo's files)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("app", parents=[common],
@@ -821,6 +838,40 @@ def _configure_runtime() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
+def _answering_ctrl_c(func: Callable, args):
+    """``func(args)`` in a worker thread, the main thread only waiting for it, so that Ctrl-C is answered at once.
+
+    Python runs its SIGINT handler in the main thread between two bytecodes; a torch operation in flight holds it
+    until it returns, and on the CPU one attention over the latent of a 4000×3000 image takes over a minute. The
+    worker is a daemon thread: on Ctrl-C the process ends (status 130) without waiting for it. Files are written
+    atomically, so none is left half-written."""
+    import threading
+
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["value"] = func(args)
+        except BaseException as err:  # noqa: BLE001 — handed to the main thread, which reports it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name=f"slim {args.command}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        # the worker cannot be stopped from here, and a thread inside torch does not survive the interpreter's exit
+        # (C++ aborts it): the process ends now, as the interrupted command it is
+        print("slim: interrupted", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
@@ -830,7 +881,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = getattr(args, "debug", False)
     _configure_runtime()
     try:
-        return args.func(args)
+        return _answering_ctrl_c(args.func, args)
     except KeyboardInterrupt:
         print("slim: interrupted", file=sys.stderr)
         return 130

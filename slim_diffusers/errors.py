@@ -30,3 +30,9 @@ class SLIMTargetSizeError(SLIMRateControlError):
     def __init__(self, message: str, smallest: float):
         super().__init__(message)
         self.smallest = smallest
+
+
+class SLIMModelNotFoundError(OSError):
+    """A model named to ``from_pretrained`` or a script is neither a folder here nor reachable on the Hugging Face
+    Hub (offline: not in the local cache). An ``OSError``, as diffusers' and transformers' own "cannot load" errors
+    are, so code that catches those catches it too."""

@@ -151,6 +151,8 @@ def mistakes(tmp_path_factory, model_dir):
     (root / "empty").mkdir()
     (root / "file").write_text("x")
     PIL.Image.new("RGB", (16, 16)).save(root / "ok.png")
+    (root / "earlier-demo").mkdir()
+    (root / "earlier-demo" / "striped_star.png").write_text("an earlier run's file")
     return root
 
 
@@ -160,12 +162,17 @@ MISTAKES = {
     "not an image": (["compress", "text.png", "--model", "toy", "-o", "out"], "text.png: not an image"),
     "no model folder": (["compress", "ok.png", "--model", "./my-model", "-o", "out"], "no SLIM model at ./my-model"),
     "not a model folder": (["compress", "ok.png", "--model", "empty", "-o", "out"], "no SLIM model at empty"),
-    "hub offline": (["compress", "ok.png", "--model", "org/slim", "-o", "out"], "could not fetch the SLIM model org/slim"),
+    "hub offline": (["compress", "ok.png", "--model", "org/slim", "-o", "out"],
+                    "no SLIM model at org/slim: no such folder here, and it could not be fetched from the Hugging Face Hub"),
+    # a missing folder whose name could be a Hub id: named as the model, not as --rates, and with no "stacktrace above"
+    "evaluate missing model": (["evaluate", "--model", "slim-lr1", "--dataset", "data", "-o", "out", "--classifiers",
+                                "clf"], "no SLIM model at slim-lr1: no such folder here"),
     "corrupt file": (["decompress", "bad.slim", "--model", "toy", "-o", "out"], "SLIMBitstreamError: bad.slim"),
     "bomb": (["decompress", "bomb.slim", "--model", "toy", "-o", "out"], "SLIMDecodeLimitError: bomb.slim"),
     "other model": (["decompress", "tiny.slim", "--model", "toy", "-o", "out"], "SLIMModelMismatchError: tiny.slim"),
     "bad flag": (["decompress", "tiny.slim", "--model", "toy", "-o", "out", "--steps", "0"], "--steps"),
     "output is a file": (["decompress", "tiny.slim", "--model", "toy", "-o", "file"], "file: exists and is not a folder"),
+    "demo over earlier files": (["demo", "-o", "earlier-demo"], "earlier-demo: exists and is not empty; pass --force"),
 }
 
 
@@ -178,6 +185,7 @@ def test_each_mistake_is_one_line_and_a_non_zero_status(mistakes, name):
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (mistakes / "out").exists()  # no empty output folder left behind
+    assert (mistakes / "earlier-demo" / "striped_star.png").read_text() == "an earlier run's file"
 
 
 def test_unexpected_errors_are_one_line_and_debug_adds_the_traceback(mistakes, model_dir):
@@ -226,3 +234,14 @@ def test_demo_at_the_lowest_rate_of_the_bundled_variable_rate_model(tmp_path, ca
     golden = sorted((Path(__file__).parent / "golden" / "bundled_toy").glob("*.slim"))
     assert [f.name for f in files] == [f.name for f in golden] and all(SLIMBitstream.load(f).rate == 6 for f in golden)
     assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in golden)
+
+
+def test_a_warning_during_the_progress_bar_gets_a_line_of_its_own(tmp_path):
+    # the bundled model has no captioner: compressing without --caption warns that an empty caption is sent; the
+    # warning must start a line of its own (tqdm redraws its bar with carriage returns), not follow the bar's text
+    image = Path(slim_diffusers.__file__).parent / "assets" / "images" / "striped_star.png"
+    result = _slim("compress", str(image), "--model", "toy", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    segments = re.split(r"[\r\n]", result.stderr)
+    warned = [s for s in segments if "sending an empty caption" in s]
+    assert len(warned) == 1 and warned[0].startswith("no caption given"), result.stderr

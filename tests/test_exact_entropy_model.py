@@ -232,9 +232,9 @@ def test_pipeline_writes_version_2_and_refuses_the_other_kind(exact_pipeline_dir
     first = exact.decompress(data, use_diffusion=False, output_type="np").images
     again = exact.decompress(data, use_diffusion=False, output_type="np").images
     assert (first == again).all()
-    with pytest.raises(SLIMModelMismatchError, match="needs an exact integer entropy model"):
+    with pytest.raises(SLIMModelMismatchError, match="needs an exact integer entropy model, but this decompressor has a floating-point entropy model"):
         float_.decompress(data, use_diffusion=False)
-    with pytest.raises(SLIMModelMismatchError, match="needs a floating-point entropy model"):
+    with pytest.raises(SLIMModelMismatchError, match="needs a floating-point entropy model, but this decompressor has an exact integer entropy model"):
         exact.decompress(v1, use_diffusion=False)
 
     path = exact_pipeline_dir / "image.slim"

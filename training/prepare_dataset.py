@@ -45,6 +45,7 @@ from slim_diffusers.training.dataset_builder import (
     resolve_cam_target,
     standardise_columns,
 )
+from slim_diffusers.training.inputs import dataset_build_mistakes, exit_on_mistakes
 from slim_diffusers.utils.distributed import use_cpu_workers
 
 logger = get_logger(__name__)
@@ -97,6 +98,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.chunk_size < 1 or args.max_caption_tokens < 1:
         p.error("--batch_size, --chunk_size and --max_caption_tokens must be ≥ 1")
+    exit_on_mistakes(p.prog, dataset_build_mistakes(args))  # before any model or dataset loads
     return args
 
 

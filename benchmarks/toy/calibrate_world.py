@@ -201,13 +201,17 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--test_images", type=int, default=500)
     parser.add_argument("--qualities", type=int, nargs="+", default=list(QUALITIES))
-    parser.add_argument("--results_dir", "--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--results_dir", "--results-dir", type=Path, default=None,
+                        help="default: benchmarks/toy/results; with --smoke, outputs/benchmarks/calibrate_world (a smoke "
+                        "run never rewrites the tracked results)")
     parser.add_argument("--save_classifier", type=Path, default=None,
                         help="also write the trained classifier and its image processor here (save_pretrained)")
     parser.add_argument("--smoke", action="store_true", help="tiny run to check the code (its numbers mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.train_images, args.steps, args.test_images, args.qualities = 64, 3, 40, [5, 50]
+    if args.results_dir is None:
+        args.results_dir = HERE.parents[1] / "outputs" / "benchmarks" / "calibrate_world" if args.smoke else HERE / "results"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     load_at_start = os.getloadavg()[0]  # the CPU may be shared: timings mean little without it

@@ -11,7 +11,8 @@ four per-λ rate weights; or, with ``--models per-lambda``, ``run_toy.py``'s mod
 ẑ is noised before denoising (1: from pure noise; the toy run decodes at 0.5); ``k`` steps are run, on a schedule
 of ``round(k / strength)`` steps of which the last ``k`` are kept. Rows are cached under
 ``WORK_DIR/few_step`` (``few_step_trailing``; an interrupted run resumes); results go to ``benchmarks/toy/results/few_step.{json,md}``
-(``few_step_trailing.{json,md}`` with ``--timestep-spacing trailing``).
+(``few_step_trailing.{json,md}`` with ``--timestep-spacing trailing``) for the default work folder, and to
+``WORK_DIR/results`` for any other (a smoke run's), unless ``--results-dir`` says where.
 
 ``--timestep-spacing trailing`` decodes with the DDIM schedule's timesteps counted back from the last training
 timestep (999, 499 for two steps) instead of Stable Diffusion's "leading" spacing (501, 1): with leading spacing a
@@ -55,6 +56,17 @@ def decode_plan(scheduler, steps: int, strength: float) -> dict:
     return {"schedule": n, "timesteps": timesteps, "start_timestep": int(timesteps[0])}
 
 
+DEFAULT_WORK_DIR = run_toy.REPO / "outputs" / "toy-v2"
+
+
+def default_results_dir(work_dir: Path, given=None) -> Path:
+    """``given``; else the tracked ``benchmarks/toy/results`` only for the work folder the tracked results come from,
+    and ``WORK_DIR/results`` for any other (a smoke run's, say)."""
+    if given is not None:
+        return Path(given)
+    return HERE / "results" if Path(work_dir).resolve() == DEFAULT_WORK_DIR.resolve() else Path(work_dir) / "results"
+
+
 def schedule_length(pipe, steps: int, strength: float) -> int:
     """The schedule whose last ``steps`` steps run at ``strength`` (checked against the pipeline's own rule)."""
     n = max(round(steps / strength), steps)
@@ -72,10 +84,12 @@ def main(argv=None) -> int:
     from slim_diffusers.evaluation.run import run_evaluation
     from slim_diffusers.utils.file_utils import write_atomically
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=run_toy.REPO / "outputs" / "toy-v2")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # the whole first sentence
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--num-images", type=int, default=300, help="the first N images of the run's test set")
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="default: benchmarks/toy/results for the default --work-dir (the run the tracked results "
+                        "come from), else WORK_DIR/results: a smoke or other run never rewrites the tracked results")
     parser.add_argument("--models", choices=["variable-rate", "per-lambda"], default="variable-rate",
                         help="the variable-rate model of variable_rate.py, or run_toy.py's per-λ models")
     parser.add_argument("--rates", type=float, nargs="+", default=[0, 2, 4, 6],
@@ -85,6 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timestep-spacing", choices=SPACINGS, default="leading",
                         help="the DDIM schedule's spacing (the models' own: leading, as Stable Diffusion 2.1's)")
     args = parser.parse_args(argv)
+    args.results_dir = default_results_dir(args.work_dir, args.results_dir)
     torch.set_num_threads(2)
     cfg = run_toy.ToyConfig()
     rates = {}

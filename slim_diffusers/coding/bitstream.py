@@ -164,17 +164,22 @@ def entropy_model_name(exact: bool) -> str:
     return "exact integer entropy model" if exact else "floating-point entropy model"
 
 
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def check_entropy_model(bitstream: "SLIMBitstream", exact_entropy_model: bool, name: str = "the .slim file") -> None:
     """Raise :class:`SLIMModelMismatchError` when ``bitstream`` needs the other kind of entropy model than the
     decoder's (``exact_entropy_model``): version 2 files of exact models, version 1 files of float ones."""
     if bitstream.exact_entropy_model == bool(exact_entropy_model):
         return
-    needs, has = entropy_model_name(bitstream.exact_entropy_model), entropy_model_name(exact_entropy_model)
+    needs, has = _with_article(entropy_model_name(bitstream.exact_entropy_model)), _with_article(
+        entropy_model_name(exact_entropy_model))
     raise SLIMModelMismatchError(
-        f"{name} (.slim version {bitstream.version}) needs an {needs}, but this decompressor has an {has}; decode "
+        f"{name} (.slim version {bitstream.version}) needs {needs}, but this decompressor has {has}; decode "
         "it with the model that wrote it"
         if bitstream.exact_entropy_model
-        else f"{name} (.slim version {bitstream.version}) needs a {needs}, but this decompressor has an {has}; "
+        else f"{name} (.slim version {bitstream.version}) needs {needs}, but this decompressor has {has}; "
         "decode it with the float model that wrote it (the one this exact model was converted from)"
     )
 

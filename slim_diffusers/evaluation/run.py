@@ -6,6 +6,7 @@ writes the report (:mod:`.report`), and :func:`format_report` is the text ``slim
 """
 
 import importlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,14 @@ def load_slim_pipelines(models: Sequence[str], device=None) -> Dict[str, Any]:
 
     if len(set(models)) != len(models):
         raise EvaluationSetupError(f"--model lists a model twice: {list(models)}")
+    from ..errors import SLIMModelNotFoundError
+
     pipelines = {}
     for label, model in zip(rate_point_labels(models), models):
         try:
             pipe = SLIMPipeline.from_pretrained(model)
+        except SLIMModelNotFoundError as err:  # one sentence naming the model
+            raise EvaluationSetupError(str(err)) from None
         except OSError as err:
             raise EvaluationSetupError(f"could not load the SLIM model {model!r}: {err}") from None
         if device is not None:
@@ -89,10 +94,11 @@ def build_codecs(
     if rates is not None and not models:
         raise EvaluationSetupError("--rates sweeps the rates of a variable-rate SLIM model: give it with --model")
     if models:
+        pipelines = load_slim_pipelines(models, device)  # its errors name the model, not --rates
         try:
-            pipelines, point_rates = slim_rate_points(load_slim_pipelines(models, device), rates)
+            pipelines, point_rates = slim_rate_points(pipelines, rates)
         except ValueError as err:
-            raise EvaluationSetupError(f"--rates: {err}") from None
+            raise EvaluationSetupError(f"--rates: {err}" if rates is not None else str(err)) from None
         slim = dict(num_inference_steps=num_inference_steps, strength=strength, seed=seed, rates=point_rates)
         codecs.append(SLIMCodec(pipelines, name="SLIM", **slim))
         if no_diffusion_curve:
@@ -193,18 +199,40 @@ def run_evaluation(
         with state.split_between_processes(indices) as mine:
             written = evaluation.run((sample(i) for i in mine), batch_size=batch_size)
         state.wait_for_everyone()
-        if not state.is_main_process:
-            return EvaluationRun(evaluation.rows_path, written, found)
+        if not state.is_main_process:  # the main process merges this process's rows into rows.jsonl
+            return EvaluationRun(out_dir / "rows.jsonl", written, found)
     else:
         written = evaluation.run((sample(i) for i in indices), batch_size=batch_size)
 
+    rows_path = merge_row_shards(out_dir)  # the other processes have finished (the barrier above)
     keys = evaluation.keys(indices)
     rows = latest_rows(out_dir, keys)
     if evaluation.seeds is not None:
         extra = {**(extra or {}), "seeds": evaluation.seeds}
     report = write_report(out_dir, rows, [c.name for c in classifiers], anchor, images=n,
                           seconds=time.perf_counter() - t0, expected_rows=len(keys), extra=extra, envelope=envelope)
-    return EvaluationRun(evaluation.rows_path, written, found, report)
+    return EvaluationRun(rows_path, written, found, report)
+
+
+def merge_row_shards(out_dir) -> Path:
+    """Merge the processes' ``rows.rank<i>.jsonl`` (and an earlier ``rows.jsonl``) into ``rows.jsonl``; returns it.
+
+    One row per key, the last written winning, as :func:`~.harness.latest_rows` reads them. The merged file is
+    written whole (:func:`~slim_diffusers.utils.file_utils.write_atomically`) before any shard is removed, so an
+    interruption leaves either the shards or the merged file (or both: the same rows twice, read once). Only the
+    main process calls it, after every process has finished writing."""
+    from ..utils.file_utils import write_atomically
+    from .harness import latest_rows
+
+    out_dir = Path(out_dir)
+    merged = out_dir / "rows.jsonl"
+    shards = sorted(out_dir.glob("rows.rank*.jsonl"))
+    if shards:
+        rows = latest_rows(out_dir)
+        write_atomically(merged, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
+        for shard in shards:
+            shard.unlink()
+    return merged
 
 
 def format_report(report: dict, out_dir) -> str:

@@ -10,6 +10,7 @@ The stages follow diffusers' ControlNet and img2img pipelines: ``check_inputs`` 
 import contextlib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -56,6 +57,12 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 VAE_TILING_MIN_PIXELS = 512 * 512
 # The smallest tile side in pixels; the VAE's own `sample_size` when that is larger (768 for SD 2.1's VAE).
 VAE_MIN_TILE_SIZE = 256
+# Images of more pixels than this, coded on the CPU, get a one-line notice of what they will cost before the work
+# starts. The figures are the bundled toy model's at 1024² on 2 busy cores (benchmarks/results/large_images.txt,
+# 2026-11-25, load average 3.4–5.9), per megapixel: VAE encode 4.1 s, VAE decode 7.5 s, one denoising step 30 s.
+# They are floors: the UNet's self-attention grows with the square of the latent's area, and larger models are slower.
+LARGE_CPU_NOTICE_PIXELS = 2_000_000
+CPU_SECONDS_PER_MEGAPIXEL = {"vae_encode": 4.1, "vae_decode": 7.5, "denoising_step": 30.0}
 
 
 def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device, dtype) -> torch.Tensor:
@@ -203,6 +210,29 @@ class SLIMPipeline(DiffusionPipeline):
             super().save_pretrained(stage, *args, push_to_hub=push_to_hub, **kwargs)
 
     # ------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "SLIMPipeline":
+        """diffusers' ``from_pretrained``, with two additions.
+
+        ``"toy"`` names the SLIM model bundled in the package (:func:`slim_diffusers.toy_model_path`), as
+        ``--model toy`` does on the command line; a local folder called toy is ``"./toy"``. It decodes best with
+        its own settings: ``pipe.decompress(bitstream, **slim_diffusers.toy_decode_settings())``.
+
+        A Hub id that is neither a folder here nor available (offline: not in the local cache; online: not on the
+        Hub, or the Hub unreachable) raises :class:`~slim_diffusers.SLIMModelNotFoundError` with one sentence
+        that says what to do, before any component is looked for.
+        """
+        from ..utils.hub import BUNDLED_MODEL, check_model, resolve_model_name
+
+        name = pretrained_model_name_or_path
+        if isinstance(name, str) and name == BUNDLED_MODEL and Path(name).is_dir():
+            logger.warning(f"{name!r} is the bundled toy model; write './{name}' for the folder {name}")
+        name = resolve_model_name(name)
+        check_model(name, "model_index.json", "SLIM model", revision=kwargs.get("revision"),
+                    cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"),
+                    local_files_only=bool(kwargs.get("local_files_only")))
+        return super().from_pretrained(name, **kwargs)
+
     @classmethod
     def from_stable_diffusion(
         cls,
@@ -380,6 +410,26 @@ class SLIMPipeline(DiffusionPipeline):
                 "load them with `SLIMPipeline.from_pretrained(...)`"
             )
 
+    def _notice_large_cpu_work(self, action: str, sizes: Sequence[tuple], denoising_steps: int = 0) -> None:
+        """Before coding images larger than ``LARGE_CPU_NOTICE_PIXELS`` on the CPU: one line saying what it will cost
+        (from the bundled toy model's measured seconds per megapixel; at least that), and that Ctrl-C stops it."""
+        if self._execution_device.type != "cpu":
+            return
+        large = [(h, w) for h, w in sizes if h * w > LARGE_CPU_NOTICE_PIXELS]
+        if not large:
+            return
+        megapixels = sum(h * w for h, w in large) / 1e6
+        rate = CPU_SECONDS_PER_MEGAPIXEL
+        vae = rate["vae_encode"] if action == "compressing" else rate["vae_decode"]
+        seconds = megapixels * (vae + denoising_steps * rate["denoising_step"])
+        steps = f" and {denoising_steps} denoising step(s)" if denoising_steps else ""
+        shown = " + ".join(f"{w}×{h}" for h, w in large)
+        logger.warning(
+            f"{action} {shown} ({megapixels:.1f} megapixels) on the CPU: the VAE{steps} take at least ~{seconds / 60:.0f} "
+            f"min ({seconds:.0f} s at the bundled toy model's measured seconds per megapixel on 2 cores; larger models "
+            "and larger images take more, attention growing with the square of the area); Ctrl-C stops it"
+        )
+
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
@@ -525,6 +575,7 @@ class SLIMPipeline(DiffusionPipeline):
         elif isinstance(captions, str):
             captions = [captions] * len(images)
 
+        self._notice_large_cpu_work("compressing", [image_size(image) for image in images])
         fingerprint = self.decompressor.fingerprint()
         exact = self.decompressor.exact_entropy_model  # the file records it (versions 2 and 3)
         coders = []
@@ -792,6 +843,9 @@ class SLIMPipeline(DiffusionPipeline):
             latents=latents,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
+        # the steps run: the last `strength` of the schedule, as get_timesteps takes them
+        steps = min(int(num_inference_steps * strength), num_inference_steps) if use_diffusion else 0
+        self._notice_large_cpu_work("decoding", [(bs.height, bs.width) for bs in bitstreams], steps)
         control = self.decode_latents_from_bitstreams(bitstreams)
         # items of one latent size share a batch; the generator is consumed in input order
         results: List[Optional[torch.Tensor]] = [None] * len(bitstreams)

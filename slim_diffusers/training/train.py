@@ -26,6 +26,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from ..utils.distributed import use_cpu_workers
 from ..utils.file_utils import staged_directory
 from .losses import MASK_NORMALIZATIONS, decode_timesteps, perceptual_distance
+from .inputs import exit_on_mistakes, training_input_mistakes
 from .training_utils import (
     EpochSampler,
     SLIMTrainingModule,
@@ -123,6 +124,7 @@ def parse_args(stage: int, argv=None):
     if (args.train_data_dir is None) == (args.dataset_name is None):
         p.error("give exactly one of --train_data_dir and --dataset_name")
     args.stage = stage
+    exit_on_mistakes(p.prog, training_input_mistakes(args))  # before anything loads or any folder is made
     return args
 
 
@@ -139,8 +141,6 @@ def main(stage: int, argv=None) -> int:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_checkpoint(output_dir, args.resume_from_checkpoint,  # before any model loads
                                 remove_incomplete=args.remove_incomplete_checkpoints and accelerator.is_main_process)
 
@@ -212,6 +212,9 @@ def main(stage: int, argv=None) -> int:
     # a function of the step count only: rebuilt on resume by stepping it to the checkpoint's step
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_train_steps)
+
+    if accelerator.is_main_process:  # made once everything has loaded: a run that fails to start leaves no folder
+        output_dir.mkdir(parents=True, exist_ok=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
