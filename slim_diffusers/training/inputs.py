@@ -52,9 +52,13 @@ def training_input_mistakes(args) -> List[str]:
                                                hint=f"; pass a folder built by {PREPARE} with --train_data_dir"))
     stage1_source = ("a Stable Diffusion 2.1 checkpoint (a folder, or a Hub id such as "
                      "stabilityai/stable-diffusion-2-1-base) or a saved SLIM pipeline")
-    mistakes.append(model_reason(
-        "--pretrained_model_name_or_path", args.pretrained_model_name_or_path, "model_index.json",
-        f"pass {stage1_source}" if args.stage == 1 else f"pass the output_dir of stage 1, or {stage1_source}"))
+    # a Stable Diffusion folder loads by its components' subfolders (from_stable_diffusion), with or without the
+    # model_index.json a full checkpoint has
+    components_only = (Path(args.pretrained_model_name_or_path) / "unet" / "config.json").is_file()
+    if not components_only:
+        mistakes.append(model_reason(
+            "--pretrained_model_name_or_path", args.pretrained_model_name_or_path, "model_index.json",
+            f"pass {stage1_source}" if args.stage == 1 else f"pass the output_dir of stage 1, or {stage1_source}"))
     if args.stage == 2:
         mistakes.append(model_reason("--classifier_name_or_path", args.classifier_name_or_path, "config.json",
                                      "pass a folder written by save_pretrained of an image classifier"))

@@ -48,7 +48,9 @@ from .training_utils import (
 logger = get_logger(__name__)
 
 
-def parse_args(stage: int, argv=None):
+def parse_args(stage: int, argv=None, check_inputs: bool = True):
+    """The flags of stage ``stage``; with ``check_inputs`` the dataset, models and output path they name are checked
+    (one line each, exit status 2) before anything loads."""
     p = argparse.ArgumentParser(description=f"SLIM training, stage {stage}")
     p.add_argument("--pretrained_model_name_or_path", required=True,
                    help="a saved SLIM pipeline (stage 2: the stage 1 output) or a Stable Diffusion 2.1 checkpoint")
@@ -124,7 +126,8 @@ def parse_args(stage: int, argv=None):
     if (args.train_data_dir is None) == (args.dataset_name is None):
         p.error("give exactly one of --train_data_dir and --dataset_name")
     args.stage = stage
-    exit_on_mistakes(p.prog, training_input_mistakes(args))  # before anything loads or any folder is made
+    if check_inputs:
+        exit_on_mistakes(p.prog, training_input_mistakes(args))  # before anything loads or any folder is made
     return args
 
 

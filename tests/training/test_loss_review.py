@@ -54,12 +54,12 @@ def test_toy_recipes_v2_pins_its_loss_options_and_v3_warms_up_from_the_highest_r
 
     v2, v3 = run_toy.recipe_config("v2"), run_toy.recipe_config("v3")
     for job in commands(v2):  # the committed v2 results' behaviour, named explicitly
-        args = parse_args(2, [str(c) for c in job.cmd[2:]])
+        args = parse_args(2, [str(c) for c in job.cmd[2:]], check_inputs=False)  # the flags only
         assert (args.mask_normalization, args.stage2_timesteps, args.lpips_signed_heads) == ("literal", "uniform", True)
         assert (args.lr_scheduler, args.lr_warmup_steps) == ("constant", 0)
     assert (v2.warm_start_rate, v2.slim_stage1_base[2]) == (1.0, 1e-3)
     for job, (steps, _, lr) in zip(commands(v3), (v3.slim_stage1_base, v3.slim_stage2)):
-        args = parse_args(2, [str(c) for c in job.cmd[2:]])
+        args = parse_args(2, [str(c) for c in job.cmd[2:]], check_inputs=False)  # the flags only
         assert (args.mask_normalization, args.stage2_timesteps, args.lpips_signed_heads) == ("mass", "decode", False)
         assert args.lr_scheduler == "constant_with_warmup" and args.lr_warmup_steps == int(0.05 * steps) > 0
         assert args.learning_rate == lr <= 2e-4
