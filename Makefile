@@ -19,10 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/slim demo --force
 
-# -rs: every skipped test says why (e.g. where it looked for the Kodak images). OMP_WAIT_POLICY=PASSIVE: idle
+# -rs: every skipped test says why (e.g. where it looked for the Kodak images); --durations=30: the slowest tests, so the suite's time stays in view. OMP_WAIT_POLICY=PASSIVE: idle
 # OpenMP threads sleep instead of spinning, which keeps the suite fast on a machine that runs other work too
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests -q -rs -p no:cacheprovider
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests -q -rs -p no:cacheprovider --durations=30
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output outputs

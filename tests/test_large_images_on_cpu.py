@@ -36,6 +36,12 @@ def test_a_notice_of_the_cost_before_coding_a_large_image_on_the_cpu(monkeypatch
     assert notices[1].startswith("decoding 48×40") and "2 denoising step(s)" in notices[1]
 
 
+def _interruptible():
+    """In the child, before it starts: SIGINT as a terminal delivers it. A shell starts background jobs (a CI job run
+    with ``&``, say) with SIGINT ignored, and a Python started so never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_decode_between_denoising_steps(tmp_path):
     # the bundled model at 256², 400 denoising steps from noise (far longer than the test waits); the notice threshold
     # is lowered so that the notice marks the moment decoding starts
@@ -48,7 +54,8 @@ def test_ctrl_c_stops_a_decode_between_denoising_steps(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", code, "decompress", str(tmp_path / "slim" / "in.slim"), "--model",
                               "toy", "--steps", "400", "--strength", "1", "-o", str(out)],
-                             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                             preexec_fn=_interruptible)
     try:
         seen = ""
         while "Ctrl-C stops it" not in seen:
@@ -84,7 +91,8 @@ def test_ctrl_c_is_answered_during_one_long_torch_operation(tmp_path):
             "cli._cmd_info = long_op\n"
             "sys.exit(cli.main(['info', 'x.slim']))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                             preexec_fn=_interruptible)
     try:
         one = float(child.stderr.readline().split()[1])  # seconds of one operation on this machine, now
         assert child.stderr.readline().strip() == "started"
