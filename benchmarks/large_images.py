@@ -109,10 +109,10 @@ def run_case(size: int, mode: str, threads: int, vae_tiling: str = "auto") -> di
             out["payload_bytes"] = len(payload)
         else:
             from slim_diffusers import SLIMBitstream, SLIMPipeline
-            from slim_diffusers.cli import ASSETS, _bundled_decode_settings
+            from slim_diffusers import toy_decode_settings, toy_model_path
             from slim_diffusers.coding.latents import compress_latents
 
-            pipe = SLIMPipeline.from_pretrained(ASSETS / "toy" / "slim")
+            pipe = SLIMPipeline.from_pretrained(toy_model_path())
             pipe.set_progress_bar_config(disable=True)
             if vae_tiling == "off":
                 pipe.disable_vae_tiling()
@@ -133,7 +133,7 @@ def run_case(size: int, mode: str, threads: int, vae_tiling: str = "auto") -> di
                 (control,) = pipe.decode_latents_from_bitstreams([bs])
             decoded = control
             if mode == "diffusion":
-                settings = _bundled_decode_settings()
+                settings = toy_decode_settings()
                 out["decode_settings"] = settings
                 with stages.stage("diffusion"):
                     decoded = pipe.denoise(control, [bs.caption], settings["num_inference_steps"], settings["strength"],
