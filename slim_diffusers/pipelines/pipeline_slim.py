@@ -58,11 +58,12 @@ VAE_TILING_MIN_PIXELS = 512 * 512
 # The smallest tile side in pixels; the VAE's own `sample_size` when that is larger (768 for SD 2.1's VAE).
 VAE_MIN_TILE_SIZE = 256
 # Images of more pixels than this, coded on the CPU, get a one-line notice of what they will cost before the work
-# starts. The figures are the bundled toy model's at 1024² on 2 busy cores (benchmarks/results/large_images.txt,
-# 2026-11-25, load average 3.4–5.9), per megapixel: VAE encode 4.1 s, VAE decode 7.5 s, one denoising step 30 s.
-# They are floors: the UNet's self-attention grows with the square of the latent's area, and larger models are slower.
+# starts. The figures are the bundled toy model's at 1024² on 2 quiet cores (benchmarks/results/large_images.txt,
+# 2026-12-04, load average 0.8–2.1), per megapixel: VAE encode 1.5 s, VAE decode 2.7 s, one denoising step 9.9 s.
+# They are floors: per megapixel, every stage measured slower at 2048² and 4096² (the UNet's self-attention grows with
+# the square of the latent's area), and larger models are slower.
 LARGE_CPU_NOTICE_PIXELS = 2_000_000
-CPU_SECONDS_PER_MEGAPIXEL = {"vae_encode": 4.1, "vae_decode": 7.5, "denoising_step": 30.0}
+CPU_SECONDS_PER_MEGAPIXEL = {"vae_encode": 1.5, "vae_decode": 2.7, "denoising_step": 9.9}
 
 
 def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device, dtype) -> torch.Tensor:
