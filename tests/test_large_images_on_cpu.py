@@ -9,7 +9,6 @@ import sys
 import time
 
 import PIL.Image
-import pytest
 
 import slim_diffusers.pipelines.pipeline_slim as pipeline_slim
 from slim_diffusers.cli import main
@@ -42,6 +41,14 @@ def _interruptible():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _ctrl_c(child, timeout: float):
+    """Send the child a Ctrl-C; its remaining stderr and the seconds it took to exit."""
+    child.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    rest = child.communicate(timeout=timeout)[1]
+    return rest, time.perf_counter() - sent
+
+
 def test_ctrl_c_stops_a_decode_between_denoising_steps(tmp_path):
     # the bundled model at 256², 400 denoising steps from noise (far longer than the test waits); the notice threshold
     # is lowered so that the notice marks the moment decoding starts
@@ -64,10 +71,7 @@ def test_ctrl_c_stops_a_decode_between_denoising_steps(tmp_path):
             seen += line
         time.sleep(3)  # into the denoising loop
         assert child.poll() is None
-        child.send_signal(signal.SIGINT)
-        sent = time.perf_counter()
-        rest = child.communicate(timeout=120)[1]
-        stopped = time.perf_counter() - sent
+        rest, stopped = _ctrl_c(child, timeout=120)
     finally:
         if child.poll() is None:
             child.kill()
@@ -97,10 +101,7 @@ def test_ctrl_c_is_answered_during_one_long_torch_operation(tmp_path):
         one = float(child.stderr.readline().split()[1])  # seconds of one operation on this machine, now
         assert child.stderr.readline().strip() == "started"
         time.sleep(0.5)
-        child.send_signal(signal.SIGINT)
-        sent = time.perf_counter()
-        rest = child.communicate(timeout=300)[1]
-        stopped = time.perf_counter() - sent
+        rest, stopped = _ctrl_c(child, timeout=300)
     finally:
         if child.poll() is None:
             child.kill()

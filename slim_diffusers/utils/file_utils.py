@@ -80,9 +80,8 @@ def fsync_directory(path: Union[str, os.PathLike]) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # some file systems do not flush folders; the rename itself still holds
+            os.fsync(fd)
     finally:
         os.close(fd)
 

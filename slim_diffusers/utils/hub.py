@@ -102,19 +102,19 @@ def missing_model_reason(
     from huggingface_hub import file_exists
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+    missing = f"{name}: no such folder, and no such {hub} (or it has no {filename}); {_what_to_pass(what, hint)}"
     try:
-        if file_exists(name, filename, repo_type=repo_type, revision=revision, token=token):
-            return None
+        found = file_exists(name, filename, repo_type=repo_type, revision=revision, token=token)
     except GatedRepoError:
         return None
     except RepositoryNotFoundError:
-        pass
+        return missing
     except HfHubHTTPError:
         return None  # the Hub answered something else (a rate limit, an outage): the loader reports it itself
     except Exception as err:  # noqa: BLE001 — no network: httpx/requests connection errors, timeouts
         return (f"{name}: no such folder, and the Hugging Face Hub cannot be reached ({type(err).__name__}: "
                 f"{' '.join(str(err).split())}); {_what_to_pass(what, hint)}, or set HF_HUB_OFFLINE=1 to use the local cache")
-    return f"{name}: no such folder, and no such {hub} (or it has no {filename}); {_what_to_pass(what, hint)}"
+    return None if found else missing
 
 
 def check_model(name, filename: str = "model_index.json", what: str = "model", **kwargs) -> None:
