@@ -51,12 +51,36 @@ def test_degraded_controls_lose_detail():
     assert set(foundation_v3.quantize_latents(z).unique().tolist()) <= set(range(-6, 7))
 
 
+def test_target_weights_raise_the_target_and_its_rim_only():
+    import torch
+
+    import train_prior
+
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, 3:5, 3:5] = 1.0
+    masks[0, 0, 2, 3] = 0.25  # a latent pixel the outline crosses
+    w = train_prior.target_weights(masks, 9.0)
+    assert w.shape == masks.shape and float(w.min()) == 1.0 and float(w[0, 0, 3, 3]) == 10.0
+    assert float(w[0, 0, 2, 2]) == 10.0  # grown by one latent pixel around the target
+    assert float(w[0, 0, 0, 0]) == 1.0 and float(w[0, 0, 7, 7]) == 1.0
+    assert torch.equal(train_prior.target_weights(masks, 0.0), torch.ones_like(masks))  # the plain loss
+
+
 def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     import train_prior
 
     out = tmp_path / "prior"
-    assert train_prior.main(["--smoke", "--out", str(out)]) == 0
+    assert train_prior.main(["--smoke", "--out", str(out), "--target-weight", "9"]) == 0
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
+    # the pool holds each image's target mask at latent size, for the target-weighted loss
+    from safetensors.torch import load_file
+
+    from slim_diffusers import toy_world
+
+    pool = load_file(str(out / "latent_pool.safetensors"))
+    assert pool["masks"].shape == (8, 1, 24, 24) and pool["latents"].shape == (8, 4, 24, 24)
+    first = toy_world.sample(0, seed=train_prior.POOL_SEED, size=96).object_mask
+    assert abs(float(pool["masks"][0].mean()) - float(first.mean())) < 1e-6 and 0.03 < float(first.mean()) < 0.2
     assert train_prior.main(["--smoke", "--out", str(out), "--steps", "6"]) == 0
     assert "resumed at step 4" in capsys.readouterr().out
     lines = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
@@ -73,3 +97,23 @@ def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     results = json.loads((gates / "results" / "foundation_v3.json").read_text())
     assert set(results["gates"]) == {"prior"}
     assert any("unet" in path and str(out) in path for path in results["provenance"]["weights_sha256"])
+
+
+def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_path, capsys):
+    import control_curve
+
+    work = tmp_path / "control"
+    assert control_curve.main(["--smoke", "--work-dir", str(work)]) == 0
+    lines = [json.loads(line) for line in (work / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]  # stage 1 resumed from its checkpoint for the second segment
+    assert lines[1]["train_cpu_seconds"] > lines[0]["train_cpu_seconds"] > 0
+    for r in lines:
+        assert set(r["ceiling"]) == {"vae", "diffusion, strength 0.5, 2-step schedule", "diffusion from noise, 2 steps"}
+        assert r["passed"] == all(e["passed"] for name, e in r["ceiling"].items() if name != "vae")
+        assert "val/diffusion_loss" in r["validation"]
+    assert json.loads((work / "stage1" / "training_state.json").read_text())["global_step"] == 4
+    # run again: the curve is there, nothing trains or measures again
+    capsys.readouterr()
+    assert control_curve.main(["--smoke", "--work-dir", str(work)]) == 0
+    assert "[control] step" not in capsys.readouterr().out
+    assert len((work / "curve.jsonl").read_text().splitlines()) == 2

@@ -190,8 +190,9 @@ def stage_prior(ctx, s) -> dict:
 
 
 @torch.no_grad()
-def stage_control_ceiling(ctx, s) -> dict:
-    """The control path alone: every decoder reads z (or a degraded z) of the same images with its true caption."""
+def stage_control_ceiling(ctx, s, controls: Sequence[str] = tuple(DEGRADATIONS)) -> dict:
+    """The control path alone: every decoder reads z (or a degraded z, ``controls`` of ``DEGRADATIONS``) of the same
+    images with its true caption."""
     pipe = ctx.pipe
     items = validation_items(s["control_images"])
     decode = ctx.decode  # the pipeline's own settings (demo.json)
@@ -201,12 +202,12 @@ def stage_control_ceiling(ctx, s) -> dict:
             (decode["num_inference_steps"], decode["strength"]),
         f"diffusion from noise, {s['noise_steps']} steps": (s["noise_steps"], 1.0),
     }
-    hits = {(c, d): [] for c in DEGRADATIONS for d in decoders}
+    hits = {(c, d): [] for c in controls for d in decoders}
     scale = pipe.vae.config.scaling_factor
     for start, chunk in zip(range(0, len(items), s["batch"]), batches(items, s["batch"])):
         z = pipe.vae.encode(to_pixels([i.image for i in chunk])).latent_dist.mode() * scale
-        for c, degrade in DEGRADATIONS.items():
-            control = degrade(z)
+        for c in controls:
+            control = DEGRADATIONS[c](z)
             for d, how in decoders.items():
                 latents = control if how is None else _denoise(pipe, control, [i.caption for i in chunk], how[0],
                                                                how[1], 1.0, 1.0, int(decode.get("seed", 0)) + start)
@@ -214,7 +215,7 @@ def stage_control_ceiling(ctx, s) -> dict:
                 hits[(c, d)] += [p == i.label for p, i in zip(pred, chunk)]
     out = {"images": len(items), "decode": decode, "timestep_spacing": ctx.spacing, "controls": {}}
     passed = True
-    for c in DEGRADATIONS:
+    for c in controls:
         entry = {}
         for d in decoders:
             entry[d] = {"top1": share(hits[(c, d)])}

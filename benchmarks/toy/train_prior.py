@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,18 +93,30 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def latent_pool(vae, n: int, cache: Path):
-    """The training latents (and captions) of ``n`` toy images, encoded once by the frozen VAE and cached."""
+    """The training latents, captions and target masks (at latent size) of ``n`` toy images, encoded once by the
+    frozen VAE and cached. A mask entry is the share of its latent pixel's patch of pixels that the target covers."""
     from safetensors.torch import load_file, save
 
     if cache.is_file() and cache.with_suffix(".json").is_file():
         data = load_file(str(cache))
         captions = json.loads(cache.with_suffix(".json").read_text())
-        if len(captions) == n:
-            return data["latents"], captions
+        if len(captions) == n and "masks" in data:
+            return data["latents"], captions, data["masks"]
     latents, captions = foundation.encode_pool(vae, n, POOL_SEED)
-    write_atomically(cache, save({"latents": latents.contiguous()}))
+    factor = IMAGE_SIZE // latents.shape[-1]
+    masks = torch.cat([F.avg_pool2d(torch.from_numpy(np.stack([s.object_mask for s in
+                       toy_world.samples(min(512, n - start), seed=POOL_SEED, size=IMAGE_SIZE, start=start)]))[:, None],
+                       factor) for start in range(0, n, 512)])
+    write_atomically(cache, save({"latents": latents.contiguous(), "masks": masks.contiguous()}))
     write_atomically(cache.with_suffix(".json"), json.dumps(captions).encode())
-    return latents, captions
+    return latents, captions, masks
+
+
+def target_weights(masks: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-element weights of the ε-loss: 1 everywhere, ``1 + weight`` on the target grown by one latent pixel (its
+    outline and markings are what a caption's kind and a variant are drawn with; the background is most of the
+    frame and of the plain loss)."""
+    return 1.0 + weight * F.max_pool2d(masks, 3, stride=1, padding=1)
 
 
 @torch.no_grad()
@@ -153,6 +166,10 @@ def main(argv=None) -> int:
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-γ weighting; 0: the plain ε-loss")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--target-weight", type=float, default=0.0, help="extra weight of the ε-loss on the target "
+                        "(grown by one latent pixel): 1 + this there, 1 elsewhere, normalised per batch; 0: the plain loss")
+    parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant_with_warmup"],
+                        help="after the warm-up; constant_with_warmup lets a run be extended with a larger --steps")
     parser.add_argument("--pool", type=int, default=8000, help="training images (latents encoded once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50)
@@ -190,7 +207,7 @@ def main(argv=None) -> int:
     draw_scheduler = DDIMScheduler.from_config(foundation.build_scheduler().config, timestep_spacing="trailing")
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    lr_sched = get_scheduler("cosine", opt, num_warmup_steps=args.warmup, num_training_steps=args.steps)
+    lr_sched = get_scheduler(args.lr_schedule, opt, num_warmup_steps=args.warmup, num_training_steps=args.steps)
     ema = EMAModel(params, decay=args.ema_decay)
 
     step, seconds, cpu_seconds = 0, 0.0, 0.0
@@ -207,7 +224,7 @@ def main(argv=None) -> int:
             lr_sched.step()
         print(f"[prior] resumed at step {step}", flush=True)
     reader = Reader(args.classifier)
-    latents, captions = latent_pool(vae, args.pool, out / "latent_pool.safetensors")
+    latents, captions, masks = latent_pool(vae, args.pool, out / "latent_pool.safetensors")
     ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     empty_ids, ids = ids[-1], ids[:-1]
@@ -253,17 +270,19 @@ def main(argv=None) -> int:
         z = latents[idx]
         flip = torch.rand(args.batch, generator=gen) < 0.5  # every class is mirror-symmetric up to its tilt
         z = torch.where(flip.view(-1, 1, 1, 1), z.flip(-1), z)
+        m = masks[idx]
+        m = torch.where(flip.view(-1, 1, 1, 1), m.flip(-1), m)
         tok = ids[idx].clone()
         tok[torch.rand(args.batch, generator=gen) < args.caption_dropout] = empty_ids
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
         pred = unet(noise_scheduler.add_noise(z, noise, t), t, text_encoder(tok)[0]).sample
+        w = target_weights(m, args.target_weight)
+        per_image = (w * (pred - noise) ** 2).mean(dim=(1, 2, 3)) / w.mean()
         if args.snr_gamma > 0:  # min-SNR-γ for ε-prediction: weight min(SNR, γ) / SNR
             snr = compute_snr(noise_scheduler, t)
-            weight = torch.clamp(snr, max=args.snr_gamma) / snr
-            loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-        else:
-            loss = F.mse_loss(pred, noise)
+            per_image = per_image * torch.clamp(snr, max=args.snr_gamma) / snr
+        loss = per_image.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

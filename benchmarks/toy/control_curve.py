@@ -1,0 +1,156 @@
+"""The control ceiling as SLIM's stage 1 trains the control module (joint with the codec, as the paper does).
+
+    nice -n 19 .venv/bin/python benchmarks/toy/control_curve.py --sd outputs/prior_v3b/sd --work-dir outputs/control_v3
+    (the same command again resumes; --smoke checks the code path in a minute)
+
+``foundation_v3.py`` measures the control ceiling of a finished model: the control module + UNet decoding from the
+*uncompressed* latent z as control, against the VAE alone on the same validation images (gate: within 5 points). This
+script trains stage 1 (``training/train_stage1.py`` with toy world v3's recipe: λr 0.25, the masked terms normalised by
+the mask's mass, learning rate 2e-4 after a linear warm-up, then constant) in segments of ``--segment`` steps, resuming
+from the last checkpoint each time, and measures the ceiling after every segment, so that the curve of the gate against
+training steps is there whatever the run reaches. It stops when both decodes pass the gate (the pipeline's strength 0.5
+and from noise), or at ``--steps``. The stopping rule was written down before the run.
+
+Written under ``--work-dir``: ``data/`` (toy world v2's SLIM training images with their Grad-CAM masks, as
+``run_toy.py`` builds them), ``init/`` (the untrained SLIM model from ``--sd``), ``stage1/`` (the training run and its
+checkpoints) and ``curve.jsonl`` (one line per segment: step, training wall/CPU seconds so far, the validation losses
+of the run, and the ceiling with its intervals), appended as the run goes.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import foundation_v3  # noqa: E402
+from foundation import IMAGE_SIZE, SLIM_TRAIN_SEED  # noqa: E402
+
+from slim_diffusers import toy_world  # noqa: E402
+from slim_diffusers.utils.file_utils import staged_directory  # noqa: E402
+
+BUNDLED = REPO / "slim_diffusers" / "assets" / "toy"
+# the toy codec's size (run_toy.TOY_CODEC; not imported, so that this script does not pull in the whole toy run)
+TOY_CODEC = dict(hidden_channels=48, latent_codec_channels=48, hyper_channels=32, num_downsamples=1, num_res_blocks=1,
+                 groups=(4, 4, 8, 32), channel_context_channels=(32, 32))
+
+
+def log_line(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_data(work: Path, classifier: Path, n: int) -> Path:
+    """Toy world v2's SLIM training images (seed 2) with the classifier's Grad-CAM masks (``prepare_dataset.py``)."""
+    raw, data = work / "data" / "train-raw", work / "data" / "train"
+    if not (raw / "dataset_info.json").is_file():
+        with staged_directory(raw) as stage:
+            toy_world.as_dataset(n, seed=SLIM_TRAIN_SEED, size=IMAGE_SIZE).save_to_disk(str(stage))
+    if not (data / "dataset_info.json").is_file():
+        subprocess.run([sys.executable, str(REPO / "training" / "prepare_dataset.py"), "--dataset_name", str(raw),
+                        "--split", "train", "--num_samples", "0", "--classifier_name_or_path", str(classifier),
+                        "--caption_column", "caption", "--batch_size", "64", "--output_dir", str(data)], check=True)
+    return data
+
+
+def build_init(work: Path, sd: Path) -> Path:
+    """The untrained SLIM model: ``sd``'s VAE, UNet and text encoder, a new codec, the control module from the UNet,
+    DDIM with trailing spacing (toy world v3 decodes with it)."""
+    from diffusers import DDIMScheduler
+
+    from slim_diffusers import SLIMPipeline
+
+    out = work / "init"
+    if not (out / "model_index.json").is_file():
+        torch.manual_seed(0)
+        pipe = SLIMPipeline.from_stable_diffusion(str(sd), **TOY_CODEC)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+        pipe.save_pretrained(out)
+    return out
+
+
+def train_command(init: Path, data: Path, out: Path, steps: int, args) -> list:
+    return [sys.executable, str(REPO / "training" / "train_stage1.py"), "--pretrained_model_name_or_path", str(init),
+            "--train_data_dir", str(data), "--output_dir", str(out), "--resolution", str(IMAGE_SIZE),
+            "--train_batch_size", str(args.batch), "--max_train_steps", str(steps), "--learning_rate", str(args.lr),
+            "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", str(args.warmup),
+            "--checkpointing_steps", str(args.segment), "--checkpoints_total_limit", "1",
+            "--resume_from_checkpoint", "latest", "--validation_steps", str(args.segment),
+            "--num_validation_images", "16", "--report_to", "none", "--seed", "0", "--lambda_rate", str(args.lambda_rate),
+            "--lambda_guide", "1", "--lambda_diffusion", "1", "--mask_normalization", "mass"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sd", type=Path, default=BUNDLED / "slim", help="the LDM: a folder with vae/, unet/, "
+                        "text_encoder/, tokenizer/, scheduler/ (train_prior.py's OUT/sd; default: the bundled model's)")
+    parser.add_argument("--classifier", type=Path, default=BUNDLED / "classifier")
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=5000, help="at most (toy world v3's stage 1: ten times v2's)")
+    parser.add_argument("--segment", type=int, default=500, help="steps between two measurements")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup", type=int, default=250)
+    parser.add_argument("--lambda-rate", type=float, default=0.25)
+    parser.add_argument("--images", type=int, default=100, help="validation images (seed 5) per measurement")
+    parser.add_argument("--noise-steps", type=int, default=20)
+    parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI): the numbers mean nothing")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.segment, args.batch, args.warmup = 4, 2, 4, 1
+        args.images, args.noise_steps, args.train_images = 4, 2, 24
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    curve = work / "curve.jsonl"
+    done = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
+    data = build_data(work, args.classifier, args.train_images)
+    init = build_init(work, args.sd)
+    out = work / "stage1"
+    s = dict(foundation_v3.settings(args.smoke), control_images=args.images, noise_steps=args.noise_steps)
+    train_seconds = done[-1]["train_wall_seconds"] if done else 0.0
+    train_cpu = done[-1]["train_cpu_seconds"] if done else 0.0
+    step = done[-1]["step"] if done else 0
+    if done and done[-1]["passed"]:
+        print(f"[control] the gate passed at step {step}: nothing to do", flush=True)
+        return 0
+    while step < args.steps:
+        step = min(step + args.segment, args.steps)
+        before = os.times()
+        wall = time.perf_counter()
+        subprocess.run(train_command(init, data, out, step, args), check=True)
+        after = os.times()
+        train_seconds += time.perf_counter() - wall
+        train_cpu += (after.children_user + after.children_system) - (before.children_user + before.children_system)
+        state = json.loads((out / "training_state.json").read_text())
+        if state["global_step"] != step:
+            raise RuntimeError(f"{out} holds step {state['global_step']}, not {step}")
+        ctx = foundation_v3.Context(out, args.classifier, "trailing", 3.0)
+        ctx.decode = {"num_inference_steps": 2, "strength": 0.5, "seed": 0}  # toy world v3's decode
+        wall, cpu = time.perf_counter(), time.process_time()
+        ceiling = foundation_v3.stage_control_ceiling(ctx, s, controls=("z",))
+        record = {"step": step, "train_wall_seconds": round(train_seconds, 1), "train_cpu_seconds": round(train_cpu, 1),
+                  "validation": state["metrics"], "ceiling": ceiling["controls"]["z"], "passed": ceiling["passed"],
+                  "measure_seconds": round(time.perf_counter() - wall, 1),
+                  "measure_cpu_seconds": round(time.process_time() - cpu, 1), "images": ceiling["images"],
+                  "date": time.strftime("%Y-%m-%d %H:%M")}
+        log_line(curve, record)
+        tops = {d: round(e["top1"]["value"], 1) for d, e in ceiling["controls"]["z"].items()}
+        print(f"[control] step {step}: {tops} passed={ceiling['passed']}", flush=True)
+        if ceiling["passed"]:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
