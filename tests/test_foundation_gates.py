@@ -112,6 +112,8 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
         assert r["passed"] == all(e["passed"] for name, e in r["ceiling"].items() if name != "vae")
         assert "val/diffusion_loss" in r["validation"]
     assert json.loads((work / "stage1" / "training_state.json").read_text())["global_step"] == 4
+    final = json.loads((work / "final_ceiling.json").read_text())  # where it stopped, with the degraded controls
+    assert final["step"] == 4 and set(final["result"]["controls"]) == {"z", "z blurred", "z quantised (step 1)"}
     # run again: the curve is there, nothing trains or measures again
     capsys.readouterr()
     assert control_curve.main(["--smoke", "--work-dir", str(work)]) == 0
