@@ -66,6 +66,29 @@ def test_target_weights_raise_the_target_and_its_rim_only():
     assert torch.equal(train_prior.target_weights(masks, 0.0), torch.ones_like(masks))  # the plain loss
 
 
+def test_text_embedding_starts_where_the_unet_was_and_the_control_module_follows_it():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    import train_prior
+    from slim_diffusers import SLIMControlNet
+
+    unet = UNet2DConditionModel.from_pretrained(str(REPO / "slim_diffusers" / "assets" / "toy" / "slim" / "unet")).eval()
+    new = train_prior.with_text_embedding(unet).eval()
+    assert new.config.addition_embed_type == "text" and unet.config.addition_embed_type is None
+    x, t = torch.randn(2, 4, 24, 24), torch.tensor([10, 700])
+    captions = torch.randn(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        assert torch.allclose(new(x, t, captions).sample, unet(x, t, captions).sample, atol=1e-6)
+        new.add_embedding.proj.weight.normal_()  # once trained, the pooled caption changes the prediction
+        assert not torch.allclose(new(x, t, captions).sample, unet(x, t, captions).sample, atol=1e-4)
+        control = SLIMControlNet.from_unet(new)  # SLIM's control module copies the embedding with the rest
+        assert control.config.addition_embed_type == "text"
+        assert torch.equal(control.add_embedding.proj.weight, new.add_embedding.proj.weight)
+        down, mid = control(x, t, captions, controlnet_cond=x, return_dict=False)
+        assert mid.shape[0] == 2
+
+
 def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     import train_prior
 

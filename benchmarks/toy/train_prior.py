@@ -141,6 +141,20 @@ def prior_gate(unet, text_encoder, tokenizer, vae, scheduler, reader, per_kind: 
     return {"drawings": len(kinds), "kind_accuracy": kind, "variant_share": shares}
 
 
+def with_text_embedding(unet):
+    """``unet`` with a pooled-caption embedding added to its timestep embedding, everything else kept; the new
+    embedding's projection is zeroed, so the model starts out drawing exactly what ``unet`` draws."""
+    from diffusers import UNet2DConditionModel
+
+    new = UNet2DConditionModel.from_config({**unet.config, "addition_embed_type": "text"})
+    missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("add_embedding.") for k in missing):
+        raise RuntimeError(f"unexpected weights: missing {missing}, unexpected {unexpected}")
+    torch.nn.init.zeros_(new.add_embedding.proj.weight)
+    torch.nn.init.zeros_(new.add_embedding.proj.bias)
+    return new
+
+
 def sha256_of(folder: Path) -> dict:
     return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*.safetensors"))}
 
@@ -168,6 +182,10 @@ def main(argv=None) -> int:
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--target-weight", type=float, default=0.0, help="extra weight of the ε-loss on the target "
                         "(grown by one latent pixel): 1 + this there, 1 elsewhere, normalised per batch; 0: the plain loss")
+    parser.add_argument("--text-embedding", action="store_true", help="add the pooled caption to the timestep "
+                        "embedding as well (UNet2DConditionModel's addition_embed_type='text', DeepFloyd IF's attention "
+                        "pooling; SDXL adds its pooled caption the same way): every ResNet block sees the caption, not only "
+                        "the cross-attention layers. From --init: its weights, the new embedding's output zeroed")
     parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant_with_warmup"],
                         help="after the warm-up; constant_with_warmup lets a run be extended with a larger --steps")
     parser.add_argument("--pool", type=int, default=8000, help="training images (latents encoded once)")
@@ -202,6 +220,8 @@ def main(argv=None) -> int:
     else:
         text_encoder = CLIPTextModel.from_pretrained(str(args.init / "text_encoder"))
         unet = UNet2DConditionModel.from_pretrained(str(args.init / "unet"))
+    if args.text_embedding and not resume and unet.config.addition_embed_type is None:
+        unet = with_text_embedding(unet)
     # training noise: SD 2.1-base's schedule (foundation.build_scheduler); drawings: DDIM with trailing spacing
     noise_scheduler = DDPMScheduler.from_config(foundation.build_scheduler().config)
     draw_scheduler = DDIMScheduler.from_config(foundation.build_scheduler().config, timestep_spacing="trailing")
