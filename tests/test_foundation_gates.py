@@ -111,6 +111,13 @@ def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     gates = [r for r in lines if "prior_gate_ema" in r]
     assert [r["step"] for r in gates][0] == 0 and gates[-1]["step"] == 6
     assert json.loads((out / "sd" / "provenance.json").read_text())["steps"] == 6
+    # a run goes on from another run's checkpoint (no VAE or tokenizer there: the bundled ones) with a new embedding
+    on = tmp_path / "prior-on"
+    assert train_prior.main(["--smoke", "--out", str(on), "--init", str(out / "checkpoint"), "--text-embedding",
+                             "--steps", "2"]) == 0
+    provenance = json.loads((on / "sd" / "provenance.json").read_text())
+    assert provenance["init"]["path"] == str(out / "checkpoint")
+    assert json.loads((on / "sd" / "unet" / "config.json").read_text())["addition_embed_type"] == "text"
     assert (out / "sd" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     # the gates script measures the trained prior in place of the bundled model's
     import foundation_v3

@@ -169,8 +169,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--init", type=Path, default=BUNDLED / "slim", help="a pipeline folder with vae/, unet/, "
-                        "text_encoder/, tokenizer/ (default: the bundled toy model)")
+    parser.add_argument("--init", type=Path, default=BUNDLED / "slim", help="a folder with unet/ and text_encoder/ "
+                        "(a pipeline, or another run's OUT/checkpoint); vae/ and tokenizer/ from it too when it has them, "
+                        "else the bundled model's (default: the bundled toy model)")
     parser.add_argument("--from-scratch", action="store_true", help="new UNet and text encoder (foundation.py's)")
     parser.add_argument("--classifier", type=Path, default=BUNDLED / "classifier")
     parser.add_argument("--steps", type=int, default=60000)
@@ -208,8 +209,11 @@ def main(argv=None) -> int:
     curve = out / "curve.jsonl"
     torch.manual_seed(args.seed)
 
-    vae = AutoencoderKL.from_pretrained(str(args.init / "vae")).eval().requires_grad_(False)
-    tokenizer = CLIPTokenizer.from_pretrained(str(args.init / "tokenizer"))
+    def part(name):  # another run's checkpoint/ has no VAE or tokenizer: the bundled model's (the pool's VAE)
+        return args.init / name if (args.init / name).is_dir() else BUNDLED / "slim" / name
+
+    vae = AutoencoderKL.from_pretrained(str(part("vae"))).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(str(part("tokenizer")))
     resume = (ckpt / "state.json").is_file()
     if resume:
         unet = UNet2DConditionModel.from_pretrained(str(ckpt / "unet"))
