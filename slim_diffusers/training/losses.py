@@ -161,6 +161,7 @@ def slim_losses(
     rate: Optional[torch.Tensor] = None,
     mask_normalization: str = "mass",
     stage2_timesteps: Optional[torch.Tensor] = None,
+    control_from_latents: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """All loss terms for one batch, and their weighted sum under ``"loss"``.
 
@@ -178,6 +179,8 @@ def slim_losses(
         mask_normalization: ``"mass"`` or ``"literal"`` (the paper's form), for the guide and RoI MSE terms.
         stage2_timesteps: the timesteps x̂'s one-step estimate is drawn from (e.g. :func:`decode_timesteps`);
             ``None``: uniform on [0, T).
+        control_from_latents: the denoising term's control is the uncompressed latent z, not ẑ (the training
+            scripts' ``--control_warmup_steps``, our addition); the codec then learns from the rate and guide terms only.
     """
     with torch.no_grad():
         latents = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
@@ -201,7 +204,8 @@ def slim_losses(
     timesteps = torch.randint(0, num_train_timesteps, (batch,), device="cpu", generator=generator).to(device)
     noise = torch.randn(latents.shape, generator=generator, device="cpu").to(device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = controlled_noise_prediction(model.unet, model.controlnet, noisy, timesteps, prompt_embeds, latents_hat)
+    control = latents.to(latents_hat.dtype) if control_from_latents else latents_hat
+    prediction = controlled_noise_prediction(model.unet, model.controlnet, noisy, timesteps, prompt_embeds, control)
     terms["diffusion_loss"] = F.mse_loss(prediction.float(), diffusion_target(scheduler, latents, noise, timesteps).float())
 
     if weights.rate_levels is None:  # the fixed-rate objective, computed as it always was

@@ -107,6 +107,10 @@ def parse_args(stage: int, argv=None, check_inputs: bool = True):
     p.add_argument("--decode_strength", type=float, default=1.0)
     p.add_argument("--decode_timestep_spacing", default=None, choices=["leading", "trailing", "linspace"],
                    help="default: the scheduler's own")
+    p.add_argument("--control_warmup_steps", type=int, default=0,
+                   help="our addition, not the paper's: for the first N steps the denoising term's control is the "
+                   "uncompressed latent z instead of ẑ, so the control module learns to follow a latent before the "
+                   "codec's is any good (the rate and guide terms train the codec meanwhile); 0: the paper's training")
     p.add_argument("--unet_lora_rank", type=int, default=0, help="add PEFT LoRA adapters of this rank to the UNet")
     p.add_argument("--classifier_name_or_path", default="microsoft/resnet-50", help="frozen task classifier (stage 2)")
     p.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex", "squeeze"])
@@ -268,7 +272,8 @@ def main(stage: int, argv=None) -> int:
                 embeds = unwrapped.encode_captions(batch["caption"], accelerator.device, weight_dtype)
                 terms = model(batch["pixels"].to(accelerator.device, weight_dtype), batch["roi_mask"].to(accelerator.device),
                               embeds, weights, stage=stage, labels=batch["label"].to(accelerator.device),
-                              generator=generator, rate=rate, **stage2)
+                              generator=generator, rate=rate, control_from_latents=global_step < args.control_warmup_steps,
+                              **stage2)
                 aux_loss = unwrapped.decompressor.aux_loss()
                 accelerator.backward(terms["loss"] + aux_loss)
                 if accelerator.sync_gradients:
