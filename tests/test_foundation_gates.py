@@ -133,7 +133,7 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     import control_curve
 
     work = tmp_path / "control"
-    assert control_curve.main(["--smoke", "--work-dir", str(work)]) == 0
+    assert control_curve.main(["--smoke", "--work-dir", str(work), "--control-warmup-steps", "1"]) == 0
     lines = [json.loads(line) for line in (work / "curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4]  # stage 1 resumed from its checkpoint for the second segment
     assert lines[1]["train_cpu_seconds"] > lines[0]["train_cpu_seconds"] > 0

@@ -99,7 +99,8 @@ def train_command(init: Path, data: Path, out: Path, steps: int, args) -> list:
             "--checkpointing_steps", str(args.segment), "--checkpoints_total_limit", "1",
             "--resume_from_checkpoint", "latest", "--validation_steps", str(args.segment),
             "--num_validation_images", "16", "--report_to", "none", "--seed", "0", "--lambda_rate", str(args.lambda_rate),
-            "--lambda_guide", "1", "--lambda_diffusion", "1", "--mask_normalization", "mass"]
+            "--lambda_guide", "1", "--lambda_diffusion", "1", "--mask_normalization", "mass",
+            "--control_warmup_steps", str(args.control_warmup_steps)]
 
 
 def main(argv=None) -> int:
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--warmup", type=int, default=250)
     parser.add_argument("--lambda-rate", type=float, default=0.25)
+    parser.add_argument("--control-warmup-steps", type=int, default=0, help="train_stage1.py's --control_warmup_steps "
+                        "(our addition: the control module's first steps controlled by z itself); 0: the paper's training")
     parser.add_argument("--images", type=int, default=100, help="validation images (seed 5) per measurement")
     parser.add_argument("--noise-steps", type=int, default=20)
     parser.add_argument("--final-images", type=int, default=200, help="validation images of the final measurement, "
@@ -152,7 +155,9 @@ def main(argv=None) -> int:
                   "validation": state["metrics"], "ceiling": ceiling["controls"]["z"], "passed": ceiling["passed"],
                   "measure_seconds": round(time.perf_counter() - wall, 1),
                   "measure_cpu_seconds": round(time.process_time() - cpu, 1), "images": ceiling["images"],
-                  "date": time.strftime("%Y-%m-%d %H:%M")}
+                  "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "settings": {"sd": str(args.sd), "lambda_rate": args.lambda_rate, "lr": args.lr, "warmup": args.warmup,
+                               "batch": args.batch, "control_warmup_steps": args.control_warmup_steps}}
         log_line(curve, record)
         done.append(record)
         tops = {d: round(e["top1"]["value"], 1) for d, e in ceiling["controls"]["z"].items()}
