@@ -129,14 +129,42 @@ def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     assert any("unet" in path and str(out) in path for path in results["provenance"]["weights_sha256"])
 
 
-def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_path, capsys):
+def scripts_in_process(monkeypatch, *modules):
+    """The training and dataset scripts that ``modules`` start with ``subprocess.run`` run in this process instead
+    (``runpy``, the same files and arguments): the same code without an interpreter and its imports per segment."""
+    import runpy
+    import subprocess
+
+    def run(cmd, check=False, **kwargs):
+        script, argv = str(cmd[1]), [str(c) for c in cmd[1:]]
+        saved = sys.argv
+        sys.argv = argv
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            sys.argv = saved
+        if check and code:
+            raise subprocess.CalledProcessError(code, cmd)
+        return subprocess.CompletedProcess(cmd, code)
+
+    for module in modules:
+        monkeypatch.setattr(module.subprocess, "run", run)
+
+
+def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_path, capsys, monkeypatch):
     import control_curve
+    import train_curve
+
+    scripts_in_process(monkeypatch, control_curve, train_curve)
 
     work = tmp_path / "control"
     assert control_curve.main(["--smoke", "--work-dir", str(work), "--control-warmup-steps", "1"]) == 0
     lines = [json.loads(line) for line in (work / "curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4]  # stage 1 resumed from its checkpoint for the second segment
-    assert lines[1]["train_cpu_seconds"] > lines[0]["train_cpu_seconds"] > 0
+    assert lines[1]["train_wall_seconds"] > lines[0]["train_wall_seconds"] > 0
     for r in lines:
         assert set(r["ceiling"]) == {"vae", "diffusion, strength 0.5, 2-step schedule", "diffusion from noise, 2 steps"}
         assert r["passed"] == all(e["passed"] for name, e in r["ceiling"].items() if name != "vae")
@@ -151,8 +179,6 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     assert len((work / "curve.jsonl").read_text().splitlines()) == 2
     # part 2's segmented training on the same data: a variable-rate stage 1, measured at every level after its
     # segment, stopped by convergence.py's rule (here at max_steps, after one segment)
-    import train_curve
-
     out = tmp_path / "vr"
     args = ["--stage", "1", "--model", str(work / "init"), "--data", str(work / "data" / "train"), "--out", str(out),
             "--lambda-rate", "4", "1", "--segment", "2", "--min-steps", "2", "--max-steps", "2", "--batch", "4",
