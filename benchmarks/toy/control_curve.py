@@ -35,16 +35,13 @@ sys.path.insert(0, str(HERE))
 
 import foundation_v3  # noqa: E402
 from foundation import IMAGE_SIZE, SLIM_TRAIN_SEED  # noqa: E402
+from run_toy import TOY_CODEC  # noqa: E402
+from train_prior import log_line  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
 from slim_diffusers.utils.file_utils import staged_directory, write_atomically  # noqa: E402
 
 BUNDLED = REPO / "slim_diffusers" / "assets" / "toy"
-# the toy codec's size (run_toy.TOY_CODEC; not imported, so that this script does not pull in the whole toy run)
-TOY_CODEC = dict(hidden_channels=48, latent_codec_channels=48, hyper_channels=32, num_downsamples=1, num_res_blocks=1,
-                 groups=(4, 4, 8, 32), channel_context_channels=(32, 32))
-
-
 # toy world v3's decode: ẑ noised to t = 499, one denoising step (strength 0.5 on a trailing 2-step schedule)
 DECODE = {"num_inference_steps": 2, "strength": 0.5, "seed": 0}
 
@@ -53,13 +50,6 @@ def context(model: Path, classifier: Path):
     ctx = foundation_v3.Context(model, classifier, "trailing", 3.0)
     ctx.decode = dict(DECODE)
     return ctx
-
-
-def log_line(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def build_data(work: Path, classifier: Path, n: int) -> Path:

@@ -31,7 +31,8 @@ sys.path.insert(0, str(HERE))
 
 import convergence  # noqa: E402
 import foundation_v3  # noqa: E402
-from control_curve import DECODE, log_line  # noqa: E402
+from control_curve import DECODE  # noqa: E402
+from train_prior import log_line  # noqa: E402
 from foundation import IMAGE_SIZE  # noqa: E402
 
 BUNDLED = REPO / "slim_diffusers" / "assets" / "toy"
