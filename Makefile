@@ -20,9 +20,11 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/slim demo --force
 
 # -rs: every skipped test says why (e.g. where it looked for the Kodak images); --durations=30: the slowest tests, so the suite's time stays in view. OMP_WAIT_POLICY=PASSIVE: idle
-# OpenMP threads sleep instead of spinning, which keeps the suite fast on a machine that runs other work too
+# OpenMP threads sleep instead of spinning, which keeps the suite fast on a machine that runs other work too.
+# -n auto --dist loadfile (pytest-xdist): one worker per core, a test file's tests on one worker (its module fixtures
+# are built once); every test still runs on two threads (tests/conftest.py)
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests -q -rs -p no:cacheprovider --durations=30
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests -q -rs -p no:cacheprovider --durations=30 -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output outputs

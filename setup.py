@@ -65,7 +65,7 @@ setup(
         # the web demo (`slim app`, slim_diffusers.app); matplotlib draws its bit-allocation map
         "app": ["gradio>=5", "matplotlib"],
         # gradio_client and selenium drive the web demo's tests (Chromium comes from the system: .ci/run)
-        "test": ["pytest", "lpips", "matplotlib", "scipy", "tensorboard", "gradio>=5", "gradio_client", "selenium"],
+        "test": ["pytest", "pytest-xdist", "lpips", "matplotlib", "scipy", "tensorboard", "gradio>=5", "gradio_client", "selenium"],
     },
     entry_points={"console_scripts": ["slim=slim_diffusers.cli:main"]},
 )
