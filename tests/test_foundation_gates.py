@@ -40,6 +40,21 @@ def test_foundation_gates_write_every_gate_with_intervals_budget_and_provenance(
     assert json.loads((tmp_path / "results" / "foundation_v3.json").read_text())["gates"] == gates
 
 
+def test_prior_detail_is_a_diagnostic_beside_the_gates(tmp_path):
+    import foundation_v3
+
+    assert foundation_v3.main(["--smoke", "--work-dir", str(tmp_path), "--stages", "prior_detail"]) == 0
+    results = json.loads((tmp_path / "results" / "foundation_v3.json").read_text())
+    assert results["gates"] == {} and results["all_passed"] is None  # nothing was gated
+    detail = results["diagnostics"]["prior_detail"]
+    assert list(detail["strengths"]) == [f"{s:g}" for s in foundation_v3.DETAIL_STRENGTHS]
+    for entry in detail["strengths"].values():
+        assert entry["top1"]["n"] == detail["images"]
+        # every image counts once, under its own variant
+        assert sum(e["n"] for e in entry["variant_kept"].values()) == detail["images"]
+        assert entry["top1"]["value"] <= entry["kind_accuracy"]["value"]
+
+
 def test_degraded_controls_lose_detail():
     import torch
 
