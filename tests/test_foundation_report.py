@@ -43,7 +43,8 @@ def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0
                                 "variant_share": {v: interval(x) for v, x in shares.items()}}},
             "budget": {"prior": {"cpu_seconds": 90.0}},
             "provenance": {"weights_sha256": {f"outputs/x/{k}": sha(v) for k, v in files.items()}}}
-    (results / "prior_v3_gate.json").write_text(json.dumps(gate))
+    (results / "prior_v3_gates").mkdir()
+    (results / "prior_v3_gates" / "foundation_v3.json").write_text(json.dumps(gate))
 
     def prior_curve(name, points, last_cpu):
         lines = [{"step": s, "cpu_seconds": c, "prior_gate_ema": {"drawings": 50, "kind_accuracy": k,

@@ -8,7 +8,8 @@ they speak of the same weights, and writes ``results/foundation_v3_final.json`` 
 
 - classifier and VAE ceiling: ``results/foundation_v3.json`` (``foundation_v3.py``; the toy ResNet and the bundled VAE,
   which the v3 prior keeps: their SHA-256 are compared);
-- prior: ``foundation_v3.py --stages prior --prior-model MODELS/prior_v3`` on the committed prior (200 drawings);
+- prior: ``foundation_v3.py --stages prior prior_detail --prior-model models/prior_v3 --results-dir
+  results/prior_v3_gates`` on the committed prior (200 drawings; and the prior_detail diagnostic);
 - control ceiling: every ``control_curve.py`` run's final measurement (200 images, with degraded controls) and curve;
 - budget: the training CPU seconds of every prior run (``train_prior.py``'s curves) and control run, and the
   measurements' own.
@@ -157,11 +158,11 @@ def build(results: Path, prior_model: Path, prior_gate: Path) -> dict:
                                "total_hours": round((prior_cpu + control_cpu + measure_cpu) / 3600, 2),
                                "per_prior_run": {n: r["cpu_seconds"] for n, r in priors.items()},
                                "per_control_run": {n: r["train_cpu_seconds"] for n, r in controls.items()}},
-        "prior_curves": priors, "control_runs": controls,
+        "diagnostics": gate.get("diagnostics", {}), "prior_curves": priors, "control_runs": controls,
         "models": {"prior": {"path": relative(prior_model), "provenance": prov, "sha256": committed},
                    "vae": {"sha256": prior_vae, "same_as": "slim_diffusers/assets/toy/slim/vae"},
                    "classifier": foundation["provenance"]["classifier"]},
-        "sources": {"foundation": "results/foundation_v3.json", "prior_gate": str(prior_gate.name)},
+        "sources": {"foundation": relative(results / "foundation_v3.json"), "prior_gate": relative(prior_gate)},
     }
 
 
@@ -202,9 +203,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--prior-model", type=Path, default=HERE / "models" / "prior_v3")
-    parser.add_argument("--prior-gate", type=Path, default=None, help="default: RESULTS/prior_v3_gate.json")
+    parser.add_argument("--prior-gate", type=Path, default=None,
+                        help="foundation_v3.py's results on --prior-model; default: "
+                        "RESULTS/prior_v3_gates/foundation_v3.json")
     args = parser.parse_args(argv)
-    report = build(args.results_dir, args.prior_model, args.prior_gate or args.results_dir / "prior_v3_gate.json")
+    prior_gate = args.prior_gate or args.results_dir / "prior_v3_gates" / "foundation_v3.json"
+    report = build(args.results_dir, args.prior_model, prior_gate)
     write_atomically(args.results_dir / "foundation_v3_final.json", (json.dumps(report, indent=2) + "\n").encode())
     plot(report, args.results_dir / "foundation_v3_curves.png")
     print(json.dumps({name: g["passed"] for name, g in report["gates"].items()}))
