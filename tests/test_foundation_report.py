@@ -21,7 +21,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0):
+def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0, other_prior_from_noise=None):
     """A committed prior (three weight files of a few bytes) and the results that measured it."""
     model, results = tmp_path / "prior_v3", tmp_path / "results"
     files = {"unet/diffusion_pytorch_model.safetensors": b"unet", "text_encoder/model.safetensors": b"text",
@@ -54,6 +54,7 @@ def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0
 
     prior_curve("prior_v3b", [(0, 0.0, 32.0), (2000, 2300.0, 42.0)], 2400.0)
     prior_curve("prior_v3c", [(0, 0.0, 44.0), (6000, 4800.0, 94.0)], 4850.0)
+    prior_curve("prior_v3d", [(0, 0.0, 94.0), (1500, 1200.0, 98.0)], 1450.0)
 
     def ceiling(strength, noise, n):
         return {"vae": {"top1": interval(96.0, n)},
@@ -62,23 +63,30 @@ def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0
                 "diffusion from noise, 20 steps": {"top1": interval(96.0 + noise, n), "minus_vae": interval(noise, n),
                                                    "passed": noise >= -5}}
 
-    lines = [{"step": s, "train_cpu_seconds": c, "measure_cpu_seconds": 30.0, "images": 100,
-              "ceiling": ceiling(a, b, 100), "settings": {"sd": "outputs/prior", "control_warmup_steps": 0}}
-             for s, c, a, b in ((500, 400.0, -13.0, -39.0), (1000, 800.0, -3.0, from_noise))]
-    (results / "control_curve_v3c_s4250.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    final = {"step": 1000, "cpu_seconds": 100.0,
-             "result": {"images": 200, "controls": {"z": ceiling(-2.0, from_noise, 200)}, "passed": from_noise >= -5}}
-    (results / "control_final_ceiling_v3c_s4250.json").write_text(json.dumps(final))
+    def control_run(name, from_noise):
+        lines = [{"step": s, "train_cpu_seconds": c, "measure_cpu_seconds": 30.0, "images": 100,
+                  "ceiling": ceiling(a, b, 100), "settings": {"sd": "outputs/prior", "control_warmup_steps": 0}}
+                 for s, c, a, b in ((500, 400.0, -13.0, -39.0), (1000, 800.0, -3.0, from_noise))]
+        (results / f"control_curve_{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        final = {"step": 1000, "cpu_seconds": 100.0, "result": {"images": 200, "passed": from_noise >= -5,
+                                                               "controls": {"z": ceiling(-2.0, from_noise, 200)}}}
+        (results / f"control_final_ceiling_{name}.json").write_text(json.dumps(final))
+
+    control_run("v3c_s4250", from_noise)
+    if other_prior_from_noise is not None:  # a run on another prior: history, not this foundation's gate
+        control_run("v2unet", other_prior_from_noise)
     return model, results
 
 
 def test_report_keeps_each_gate_as_measured_and_adds_the_cpu_of_chained_runs(tmp_path, capsys):
     import foundation_v3_report
 
-    model, results = make_world(tmp_path)
+    model, results = make_world(tmp_path, other_prior_from_noise=-1.0)
     assert foundation_v3_report.main(["--results-dir", str(results), "--prior-model", str(model)]) == 0
     report = json.loads((results / "foundation_v3_final.json").read_text())
     passed = {name: g["passed"] for name, g in report["gates"].items()}
+    # a control run that passed on another prior does not pass this foundation's gate
+    assert report["gates"]["control_ceiling_from_noise"]["runs_on_other_priors"]["v2unet"]["passed"] is True
     assert passed == {"classifier": True, "vae_ceiling": True, "prior_kind": True, "prior_variants": False,
                       "control_ceiling_strength_0.5": True, "control_ceiling_from_noise": False}
     assert report["all_passed"] is False
@@ -87,9 +95,12 @@ def test_report_keeps_each_gate_as_measured_and_adds_the_cpu_of_chained_runs(tmp
     # prior_v3c started from prior_v3b's step 2000: its points sit after that run's CPU and steps
     v3c = report["prior_curves"]["prior_v3c"]
     assert v3c["points"][-1]["cpu_seconds_total"] == 2300.0 + 4800.0 and v3c["points"][-1]["step"] == 8000
+    # and prior_v3d from prior_v3c's own step 6000 (8000 from the start)
+    v3d = report["prior_curves"]["prior_v3d"]
+    assert v3d["points"][-1]["cpu_seconds_total"] == 2300.0 + 4800.0 + 1200.0 and v3d["points"][-1]["step"] == 9500
     budget = report["budget_cpu_seconds"]
-    assert budget["prior_training"] == 2400.0 + 4850.0 and budget["control_training"] == 800.0
-    assert budget["measurements"] == 2 * 30.0 + 100.0 + 10.0 + 20.0 + 90.0
+    assert budget["prior_training"] == 2400.0 + 4850.0 + 1450.0 and budget["control_training"] == 2 * 800.0
+    assert budget["measurements"] == 2 * (2 * 30.0 + 100.0) + 10.0 + 20.0 + 90.0
     assert report["models"]["prior"]["sha256"]["unet"] == sha(b"unet")
     assert (results / "foundation_v3_curves.png").stat().st_size > 0
     assert '"prior_variants": false' in capsys.readouterr().out
