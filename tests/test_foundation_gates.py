@@ -176,6 +176,10 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     scripts_in_process(monkeypatch, control_curve, train_curve)
 
     work = tmp_path / "control"
+    # --prepare-only: the training data and the untrained model, nothing trained or measured
+    assert control_curve.main(["--smoke", "--work-dir", str(work), "--prepare-only"]) == 0
+    assert (work / "init" / "model_index.json").is_file() and (work / "data" / "train" / "dataset_info.json").is_file()
+    assert not (work / "curve.jsonl").exists() and not (work / "stage1").exists()
     assert control_curve.main(["--smoke", "--work-dir", str(work), "--control-warmup-steps", "1"]) == 0
     lines = [json.loads(line) for line in (work / "curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4]  # stage 1 resumed from its checkpoint for the second segment

@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--final-images", type=int, default=200, help="validation images of the final measurement, "
                         "which adds the degraded controls (z blurred, z quantised)")
     parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--prepare-only", action="store_true", help="build WORK_DIR/data (the training images with "
+                        "their Grad-CAM masks) and WORK_DIR/init (the untrained SLIM model from --sd) and stop: "
+                        "train_curve.py's --data and --model")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI): the numbers mean nothing")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -123,6 +126,9 @@ def main(argv=None) -> int:
     done = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
     data = build_data(work, args.classifier, args.train_images)
     init = build_init(work, args.sd)
+    if args.prepare_only:
+        print(f"[control] prepared {data} and {init}", flush=True)
+        return 0
     out = work / "stage1"
     s = dict(foundation_v3.settings(args.smoke), control_images=args.images, noise_steps=args.noise_steps)
     train_seconds = done[-1]["train_wall_seconds"] if done else 0.0
