@@ -173,7 +173,7 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     import control_curve
     import train_curve
 
-    scripts_in_process(monkeypatch, control_curve, train_curve)
+    scripts_in_process(monkeypatch, control_curve)  # train_curve runs its segments with control_curve.run_segment
 
     work = tmp_path / "control"
     # --prepare-only: the training data and the untrained model, nothing trained or measured

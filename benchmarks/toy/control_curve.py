@@ -81,6 +81,19 @@ def build_init(work: Path, sd: Path) -> Path:
     return out
 
 
+def run_segment(command: list, out: Path, step: int):
+    """Run one training segment (``command`` trains ``out`` up to ``step``, resuming from its last checkpoint):
+    its wall and CPU seconds (the child processes') and the run's ``training_state.json``, which must be at ``step``."""
+    before, wall = os.times(), time.perf_counter()
+    subprocess.run(command, check=True)
+    after = os.times()
+    cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
+    state = json.loads((out / "training_state.json").read_text())
+    if state["global_step"] != step:
+        raise RuntimeError(f"{out} holds step {state['global_step']}, not {step}")
+    return time.perf_counter() - wall, cpu, state
+
+
 def train_command(init: Path, data: Path, out: Path, steps: int, args) -> list:
     return [sys.executable, str(REPO / "training" / "train_stage1.py"), "--pretrained_model_name_or_path", str(init),
             "--train_data_dir", str(data), "--output_dir", str(out), "--resolution", str(IMAGE_SIZE),
@@ -136,15 +149,8 @@ def main(argv=None) -> int:
     step = done[-1]["step"] if done else 0
     while step < args.steps and not (done and done[-1]["passed"]):
         step = min(step + args.segment, args.steps)
-        before = os.times()
-        wall = time.perf_counter()
-        subprocess.run(train_command(init, data, out, step, args), check=True)
-        after = os.times()
-        train_seconds += time.perf_counter() - wall
-        train_cpu += (after.children_user + after.children_system) - (before.children_user + before.children_system)
-        state = json.loads((out / "training_state.json").read_text())
-        if state["global_step"] != step:
-            raise RuntimeError(f"{out} holds step {state['global_step']}, not {step}")
+        seconds, cpu, state = run_segment(train_command(init, data, out, step, args), out, step)
+        train_seconds, train_cpu = train_seconds + seconds, train_cpu + cpu
         wall, cpu = time.perf_counter(), time.process_time()
         ceiling = foundation_v3.stage_control_ceiling(context(out, args.classifier), s, controls=("z",))
         record = {"step": step, "train_wall_seconds": round(train_seconds, 1), "train_cpu_seconds": round(train_cpu, 1),

@@ -15,8 +15,6 @@ before the runs; the verdict, with the end slopes, is the last line's ``verdict`
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import convergence  # noqa: E402
 import foundation_v3  # noqa: E402
-from control_curve import DECODE  # noqa: E402
+from control_curve import DECODE, run_segment  # noqa: E402
 from train_prior import log_line  # noqa: E402
 from foundation import IMAGE_SIZE  # noqa: E402
 
@@ -120,14 +118,8 @@ def main(argv=None) -> int:
     verdict = convergence.decide(done, rule)
     while not verdict["stop"]:
         step = verdict["step"] + args.segment
-        before, wall = os.times(), time.perf_counter()
-        subprocess.run(train_command(args, step, extra), check=True)
-        after = os.times()
-        train_seconds += time.perf_counter() - wall
-        train_cpu += (after.children_user + after.children_system) - (before.children_user + before.children_system)
-        state = json.loads((args.out / "training_state.json").read_text())
-        if state["global_step"] != step:
-            raise RuntimeError(f"{args.out} holds step {state['global_step']}, not {step}")
+        seconds, cpu, state = run_segment(train_command(args, step, extra), args.out, step)
+        train_seconds, train_cpu = train_seconds + seconds, train_cpu + cpu
         wall, cpu = time.perf_counter(), time.process_time()
         measured = measure_levels(args.out, reader, args.images)
         record = {"step": step, "top1": measured["top1"], "bpp": measured["bpp"], "top1_vae": measured["top1_vae"],
