@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -35,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import foundation_v3  # noqa: E402
 from foundation import IMAGE_SIZE, SLIM_TRAIN_SEED  # noqa: E402
-from run_toy import TOY_CODEC  # noqa: E402
+from run_toy import untrained_slim  # noqa: E402
 from train_prior import log_line  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
@@ -68,17 +67,7 @@ def build_data(work: Path, classifier: Path, n: int) -> Path:
 def build_init(work: Path, sd: Path) -> Path:
     """The untrained SLIM model: ``sd``'s VAE, UNet and text encoder, a new codec, the control module from the UNet,
     DDIM with trailing spacing (toy world v3 decodes with it)."""
-    from diffusers import DDIMScheduler
-
-    from slim_diffusers import SLIMPipeline
-
-    out = work / "init"
-    if not (out / "model_index.json").is_file():
-        torch.manual_seed(0)
-        pipe = SLIMPipeline.from_stable_diffusion(str(sd), **TOY_CODEC)
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
-        pipe.save_pretrained(out)
-    return out
+    return untrained_slim(sd, work / "init", "trailing")
 
 
 def run_segment(command: list, out: Path, step: int):

@@ -261,21 +261,27 @@ def stage_data(work: Path, cfg: ToyConfig, timings: dict) -> None:
         "--batch_size", 64, "--output_dir", data / "train"], data / "train" / "dataset_info.json")]}, work, timings)
 
 
-def stage_init(work: Path, timestep_spacing: str = "leading") -> Path:
-    """The untrained SLIM model every chain starts from; its scheduler's ``timestep_spacing`` is what its descendants
-    train x̂ at (``--stage2_timesteps decode``) and decode with."""
+def untrained_slim(sd: Path, out: Path, timestep_spacing: str) -> Path:
+    """An untrained SLIM model at ``out`` (kept if it is there): ``sd``'s VAE, UNet and text encoder (a
+    ``StableDiffusionPipeline`` folder), a new toy codec (seed 0), the control module copied from the UNet, DDIM with
+    ``timestep_spacing``."""
     from diffusers import DDIMScheduler
 
     from slim_diffusers import SLIMPipeline
 
-    out = work / "slim" / "init"
     if not (out / "model_index.json").is_file():
         torch.manual_seed(0)
-        pipe = SLIMPipeline.from_stable_diffusion(str(work / "foundation" / "sd"), **TOY_CODEC)
+        pipe = SLIMPipeline.from_stable_diffusion(str(sd), **TOY_CODEC)
         if timestep_spacing != pipe.scheduler.config.timestep_spacing:
             pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=timestep_spacing)
         pipe.save_pretrained(out)
     return out
+
+
+def stage_init(work: Path, timestep_spacing: str = "leading") -> Path:
+    """The untrained SLIM model every chain starts from; its scheduler's ``timestep_spacing`` is what its descendants
+    train x̂ at (``--stage2_timesteps decode``) and decode with."""
+    return untrained_slim(work / "foundation" / "sd", work / "slim" / "init", timestep_spacing)
 
 
 def _train_job(name: str, script: str, model: Path, data: Path, out: Path, rate, no_roi: bool, stage: tuple,
