@@ -15,9 +15,9 @@ scratch, a task model from the MSE model of its λ where that run stopped.
 Each λ trains in segments of ``--segment`` steps (Adam, constant learning rate after a linear warm-up, so a segment
 boundary changes nothing; a step's batch and training noise are drawn from its own seed, so a resumed run trains to
 the same weights as one that was never interrupted). After each segment its state (weights, both optimizers, all in
-safetensors, and the step) replaces the last one atomically, and a finished copy of the model (quantiles set, CDF tables built, as a stopped training keeps it)
-is measured on ``--images`` validation images (toy world seed 5): bpp from the real bytes, PSNR and top-1, appended to
-``OUT/lambda=<λ>/curve.jsonl``. Where the rule stops a λ, that copy is written to ``OUT/lambda=<λ>/model``
+safetensors, and the step) replaces the last one atomically, and a finished copy of the model (quantiles set, CDF
+tables built, as a stopped training keeps it) is measured on ``--images`` validation images (toy world seed 5): bpp
+from the real bytes, PSNR and top-1, appended to ``OUT/lambda=<λ>/curve.jsonl``. Where the rule stops a λ, that copy is written to ``OUT/lambda=<λ>/model``
 (``learned_baselines.load_model`` reads it). A λ stops by ``convergence.py``'s
 rule, written down before the runs (tracked: PSNR, 0.1 dB, for the MSE codec; top-1, 1 point, for the task codec; the
 bpp, 2 %, for both; at least ten times v2's steps: 16000 from scratch, 1500 for the task fine-tune; at most three
