@@ -48,10 +48,14 @@ def test_prior_detail_is_a_diagnostic_beside_the_gates(tmp_path):
     assert results["gates"] == {} and results["all_passed"] is None  # nothing was gated
     detail = results["diagnostics"]["prior_detail"]
     assert list(detail["strengths"]) == [f"{s:g}" for s in foundation_v3.DETAIL_STRENGTHS]
+    from slim_diffusers import toy_world
+
+    labels = [s.label for s in foundation_v3.validation_items(detail["images"])]
     for entry in detail["strengths"].values():
         assert entry["top1"]["n"] == detail["images"]
-        # every image counts once, under its own variant
-        assert sum(e["n"] for e in entry["variant_kept"].values()) == detail["images"]
+        # every image counts once, under its own (true) variant
+        assert {v: e["n"] for v, e in entry["variant_kept"].items()} == {
+            v: sum(toy_world.variant_of(y) == i for y in labels) for i, v in enumerate(toy_world.VARIANTS)}
         assert entry["top1"]["value"] <= entry["kind_accuracy"]["value"]
 
 

@@ -63,9 +63,9 @@ def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0
                 "diffusion from noise, 20 steps": {"top1": interval(96.0 + noise, n), "minus_vae": interval(noise, n),
                                                    "passed": noise >= -5}}
 
-    def control_run(name, from_noise):
+    def control_run(name, from_noise, sd="benchmarks/toy/models/prior_v3", warmup=0):
         lines = [{"step": s, "train_cpu_seconds": c, "measure_cpu_seconds": 30.0, "images": 100,
-                  "ceiling": ceiling(a, b, 100), "settings": {"sd": "outputs/prior", "control_warmup_steps": 0}}
+                  "ceiling": ceiling(a, b, 100), "settings": {"sd": sd, "control_warmup_steps": warmup}}
                  for s, c, a, b in ((500, 400.0, -13.0, -39.0), (1000, 800.0, -3.0, from_noise))]
         (results / f"control_curve_{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         final = {"step": 1000, "cpu_seconds": 100.0, "result": {"images": 200, "passed": from_noise >= -5,
@@ -73,8 +73,9 @@ def make_world(tmp_path: Path, variants=(14.5, 2.5, 82.5, 0.5), from_noise=-19.0
         (results / f"control_final_ceiling_{name}.json").write_text(json.dumps(final))
 
     control_run("v3c_s4250", from_noise)
-    if other_prior_from_noise is not None:  # a run on another prior: history, not this foundation's gate
-        control_run("v2unet", other_prior_from_noise)
+    if other_prior_from_noise is not None:  # runs on another prior, or with the warm-up: beside the gate, not in it
+        control_run("v2unet", other_prior_from_noise, sd="slim_diffusers/assets/toy/slim")
+        control_run("v3c_s4250_warm1000", other_prior_from_noise, sd="outputs/prior_v3c_s4250", warmup=1000)
     return model, results
 
 
@@ -85,8 +86,11 @@ def test_report_keeps_each_gate_as_measured_and_adds_the_cpu_of_chained_runs(tmp
     assert foundation_v3_report.main(["--results-dir", str(results), "--prior-model", str(model)]) == 0
     report = json.loads((results / "foundation_v3_final.json").read_text())
     passed = {name: g["passed"] for name, g in report["gates"].items()}
-    # a control run that passed on another prior does not pass this foundation's gate
-    assert report["gates"]["control_ceiling_from_noise"]["runs_on_other_priors"]["v2unet"]["passed"] is True
+    # control runs that passed on another prior, or with the warm-up, do not pass this foundation's gate
+    noise = report["gates"]["control_ceiling_from_noise"]
+    assert noise["best_run"] == "v3c_s4250" and list(noise["runs"]) == ["v3c_s4250"]
+    assert noise["runs_on_other_priors"]["v2unet"]["passed"] is True
+    assert noise["runs_with_control_warmup"]["v3c_s4250_warm1000"]["passed"] is True
     assert passed == {"classifier": True, "vae_ceiling": True, "prior_kind": True, "prior_variants": False,
                       "control_ceiling_strength_0.5": True, "control_ceiling_from_noise": False}
     assert report["all_passed"] is False
@@ -99,8 +103,8 @@ def test_report_keeps_each_gate_as_measured_and_adds_the_cpu_of_chained_runs(tmp
     v3d = report["prior_curves"]["prior_v3d"]
     assert v3d["points"][-1]["cpu_seconds_total"] == 2300.0 + 4800.0 + 1200.0 and v3d["points"][-1]["step"] == 9500
     budget = report["budget_cpu_seconds"]
-    assert budget["prior_training"] == 2400.0 + 4850.0 + 1450.0 and budget["control_training"] == 2 * 800.0
-    assert budget["measurements"] == 2 * (2 * 30.0 + 100.0) + 10.0 + 20.0 + 90.0
+    assert budget["prior_training"] == 2400.0 + 4850.0 + 1450.0 and budget["control_training"] == 3 * 800.0
+    assert budget["measurements"] == 3 * (2 * 30.0 + 100.0) + 10.0 + 20.0 + 90.0
     assert report["models"]["prior"]["sha256"]["unet"] == sha(b"unet")
     assert (results / "foundation_v3_curves.png").stat().st_size > 0
     assert '"prior_variants": false' in capsys.readouterr().out

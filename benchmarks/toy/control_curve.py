@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--prepare-only", action="store_true", help="build WORK_DIR/data (the training images with "
                         "their Grad-CAM masks) and WORK_DIR/init (the untrained SLIM model from --sd) and stop: "
-                        "train_curve.py's --data and --model")
+                        "train_curve.py's --data WORK_DIR/data/train and --model WORK_DIR/init")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI): the numbers mean nothing")
     args = parser.parse_args(argv)
     if args.smoke:
