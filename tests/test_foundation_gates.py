@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "toy"))
 
@@ -217,3 +219,17 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     capsys.readouterr()
     assert train_curve.main(args) == 0  # stopped: nothing trains again
     assert "[curve] step" not in capsys.readouterr().out
+
+
+def test_run_segment_counts_the_child_processes_cpu_and_checks_the_step(tmp_path):
+    import control_curve
+
+    script = ("import json, sys, time\n"
+              "t = time.process_time()\n"
+              "while time.process_time() - t < 0.3: pass\n"
+              "open(sys.argv[1] + '/training_state.json', 'w').write(json.dumps({'global_step': int(sys.argv[2]),"
+              " 'metrics': {}}))\n")
+    seconds, cpu, state = control_curve.run_segment([sys.executable, "-c", script, str(tmp_path), "7"], tmp_path, 7)
+    assert cpu >= 0.25 and seconds > 0 and state["global_step"] == 7
+    with pytest.raises(RuntimeError, match="holds step 3, not 7"):
+        control_curve.run_segment([sys.executable, "-c", script, str(tmp_path), "3"], tmp_path, 7)
