@@ -1,0 +1,71 @@
+"""The λr range of a toy world v3 variable-rate model, read off its pilot by the rule written before the runs.
+
+docs/toy.md, "part 2: the rules": the range runs from the largest λr whose top-1 (with diffusion, validation split) is
+at least 80 % of the VAE ceiling's top-1, to the smallest λr whose top-1 is at most 10 % (chance: 5 %), each variant
+its own; both bounds are pilot levels, so the range covers what the rule asks for (it widens, never narrows). Where
+no pilot level reaches a bound, the pilot's range was too narrow on that side, and the result says which way to
+extend it instead of guessing.
+
+    .venv/bin/python benchmarks/toy/rate_range.py benchmarks/toy/results/v3/pilot_roi_curve.jsonl \
+        --lambda-rate 0.03 0.0897 0.268 0.802 2.40 7.17 21.4 64
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+HIGH_SHARE = 0.8  # of the VAE ceiling's top-1: the accurate end of the curve
+LOW_TOP1 = 10.0  # percent: the near-chance end (20 classes: chance 5 %)
+
+
+def read_range(top1_by_lambda: Dict[float, float], ceiling_top1: float) -> Dict[str, Optional[float]]:
+    """``top1_by_lambda``: the pilot's top-1 (percent) at each λr. Returns ``lambda_min`` (the largest λr still at
+    ``HIGH_SHARE`` of the ceiling: the most accurate end), ``lambda_max`` (the smallest λr at ``LOW_TOP1`` or below),
+    each None where no level reaches it, and ``extend``: what the pilot lacks."""
+    high = HIGH_SHARE * ceiling_top1
+    accurate = [lam for lam, top1 in top1_by_lambda.items() if top1 >= high]
+    near_chance = [lam for lam, top1 in top1_by_lambda.items() if top1 <= LOW_TOP1]
+    lo = max(accurate) if accurate else None
+    hi = min(near_chance) if near_chance else None
+    extend = []
+    if lo is None:
+        extend.append(f"no level reaches {high:.1f} % top-1: extend below λr {min(top1_by_lambda):g}")
+    if hi is None:
+        extend.append(f"no level is at or below {LOW_TOP1:g} % top-1: extend above λr {max(top1_by_lambda):g}")
+    if lo is not None and hi is not None and lo >= hi:
+        extend.append(f"the accurate end (λr {lo:g}) is not below the near-chance end (λr {hi:g}): the curve is not "
+                      "monotone over the pilot; look at it before choosing")
+    return {"lambda_min": lo, "lambda_max": hi, "threshold_top1": high, "extend": extend}
+
+
+def levels_by_lambda(record: dict, lambdas: Sequence[float]) -> Dict[float, float]:
+    """A ``train_curve.py`` line's top-1 per level, keyed by λr (level 0 is the largest λr: the fewest bits)."""
+    ordered = sorted(lambdas, reverse=True)
+    if len(ordered) != len(record["levels"]):
+        raise ValueError(f"{len(lambdas)} λr given, the curve has {len(record['levels'])} levels")
+    return {ordered[int(level)]: entry["top1"]["value"] for level, entry in record["levels"].items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("curve", type=Path, help="the pilot's curve.jsonl (train_curve.py)")
+    parser.add_argument("--lambda-rate", type=float, nargs="+", required=True, help="the λr the pilot was given")
+    parser.add_argument("--step", type=int, default=None, help="the measurement to read (default: the last)")
+    parser.add_argument("--ceiling", type=Path, default=HERE / "results" / "foundation_v3.json",
+                        help="the VAE ceiling's top-1 comes from here")
+    args = parser.parse_args(argv)
+    lines = [json.loads(x) for x in args.curve.read_text().splitlines() if x.strip()]
+    record = lines[-1] if args.step is None else next(r for r in lines if r["step"] == args.step)
+    ceiling = json.loads(args.ceiling.read_text())["gates"]["vae_ceiling"]["top1"]["value"]
+    result = read_range(levels_by_lambda(record, args.lambda_rate), ceiling)
+    print(json.dumps({"step": record["step"], "vae_ceiling_top1": ceiling, **result}, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""benchmarks/toy/rate_range.py reads a variable-rate model's λr range off its pilot by the rule of docs/toy.md."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "toy"))
+
+
+def test_the_range_runs_from_the_last_accurate_level_to_the_first_near_chance_one():
+    from rate_range import read_range
+
+    top1 = {0.03: 90.0, 0.1: 80.0, 0.3: 60.0, 1.0: 30.0, 3.0: 9.0, 10.0: 6.0}
+    result = read_range(top1, ceiling_top1=96.2)  # 80 % of the ceiling: 76.96
+    assert result["lambda_min"] == 0.1 and result["lambda_max"] == 3.0 and result["extend"] == []
+
+
+def test_a_pilot_that_misses_a_bound_says_which_way_to_extend():
+    from rate_range import read_range
+
+    result = read_range({0.03: 62.0, 1.0: 30.0, 64.0: 12.0}, ceiling_top1=96.2)
+    assert result["lambda_min"] is None and result["lambda_max"] is None
+    assert any("extend below λr 0.03" in e for e in result["extend"])
+    assert any("extend above λr 64" in e for e in result["extend"])
+
+
+def test_levels_are_matched_to_lambdas_largest_first(tmp_path, capsys):
+    import rate_range
+
+    # level 0 is the largest λr (the fewest bits)
+    record = {"step": 2000, "levels": {"0": {"top1": {"value": 8.0}}, "1": {"top1": {"value": 50.0}},
+                                       "2": {"top1": {"value": 85.0}}}}
+    assert rate_range.levels_by_lambda(record, [0.1, 1.0, 10.0]) == {10.0: 8.0, 1.0: 50.0, 0.1: 85.0}
+    with pytest.raises(ValueError, match="3 levels"):
+        rate_range.levels_by_lambda(record, [0.1, 1.0])
+    curve = tmp_path / "curve.jsonl"
+    curve.write_text(json.dumps(record) + "\n")
+    ceiling = tmp_path / "foundation_v3.json"
+    ceiling.write_text(json.dumps({"gates": {"vae_ceiling": {"top1": {"value": 96.2}}}}))
+    assert rate_range.main([str(curve), "--lambda-rate", "0.1", "1", "10", "--ceiling", str(ceiling)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lambda_min"] == 0.1 and out["lambda_max"] == 10.0 and out["step"] == 2000
