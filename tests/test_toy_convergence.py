@@ -52,3 +52,18 @@ def test_too_few_measurements_and_bad_input():
         convergence.decide([{"step": 2, "top1": 1, "bpp": 1}, {"step": 1, "top1": 1, "bpp": 1}], RULE)
     with pytest.raises(ValueError, match="at least 3"):
         convergence.Rule(min_steps=1, max_steps=2, horizon=1, window=2)
+
+
+def test_rule_for_fills_only_what_was_not_given():
+    from argparse import Namespace
+
+    args = Namespace(segment=None, min_steps=None, max_steps=None, horizon=None, lr=None, warmup=None)
+    rule = convergence.rule_for(args, segment=500, min_steps=5000, lr=2e-4)
+    assert (args.segment, args.min_steps, args.max_steps, args.horizon, args.lr, args.warmup) == (
+        500, 5000, 15000, 2000, 2e-4, 250)
+    assert (rule.min_steps, rule.max_steps, rule.horizon) == (5000, 15000, 2000)
+    assert [t[0] for t in rule.tolerances] == ["top1", "bpp"]
+    given = Namespace(segment=2, min_steps=4, max_steps=6, horizon=3, lr=1e-3, warmup=0)
+    rule = convergence.rule_for(given, segment=500, min_steps=5000, lr=2e-4, tolerances=(("psnr", 0.1, False),))
+    assert (given.segment, given.min_steps, given.max_steps, given.horizon, given.lr, given.warmup) == (2, 4, 6, 3, 1e-3, 0)
+    assert rule.tolerances == (("psnr", 0.1, False),)

@@ -170,14 +170,8 @@ def main(argv=None) -> int:
         args.N, args.M, args.train_images, args.images, args.batch = 8, 12, 8, 2, 2
         args.segment = args.segment or 2
         args.min_steps = args.min_steps or 2
-    args.segment = args.segment or (1000 if args.kind == "mse" else 250)
-    args.min_steps = args.min_steps or 10 * V2_STEPS[args.kind]
-    args.max_steps = args.max_steps or 3 * args.min_steps
-    args.horizon = args.horizon or 4 * args.segment
-    args.lr = args.lr or (5e-4 if args.kind == "mse" else 1e-4)
-    args.warmup = args.warmup if args.warmup is not None else max(args.min_steps // 20, 1)
-    rule = convergence.Rule(min_steps=args.min_steps, max_steps=args.max_steps, horizon=args.horizon,
-                            tolerances=TRACKED[args.kind])
+    rule = convergence.rule_for(args, segment=1000 if args.kind == "mse" else 250, min_steps=10 * V2_STEPS[args.kind],
+                                lr=5e-4 if args.kind == "mse" else 1e-4, tolerances=TRACKED[args.kind])
     items = foundation_v3.validation_items(args.images)
     pool, task = None, None
     for lam in args.lambdas:

@@ -73,3 +73,17 @@ def decide(curve: Sequence[Dict[str, float]], rule: Rule) -> Dict[str, object]:
         return {"stop": True, "reason": "flattened", "step": step, "end_slopes": changes}
     reason = "still changing" if not flat else f"flat, but below min_steps {rule.min_steps}"
     return {"stop": False, "reason": reason, "step": step, "end_slopes": changes}
+
+
+def rule_for(args, segment: int, min_steps: int, lr: float, tolerances=None) -> Rule:
+    """Fill a segmented run's unset ``--segment``, ``--min-steps``, ``--lr`` with its script's defaults, and
+    ``--max-steps`` (three times the minimum), ``--horizon`` (four segments) and ``--warmup`` (5 % of the minimum) as
+    the rule says; ``args`` is changed in place. Returns the run's :class:`Rule`."""
+    args.segment = args.segment or segment
+    args.min_steps = args.min_steps or min_steps
+    args.max_steps = args.max_steps or 3 * args.min_steps
+    args.horizon = args.horizon or 4 * args.segment
+    args.lr = args.lr or lr
+    args.warmup = args.warmup if args.warmup is not None else max(args.min_steps // 20, 1)
+    return Rule(min_steps=args.min_steps, max_steps=args.max_steps, horizon=args.horizon,
+                **({} if tolerances is None else {"tolerances": tolerances}))

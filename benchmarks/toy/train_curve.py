@@ -101,13 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 %% of --min-steps")
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args(argv)
-    args.segment = args.segment or (500 if args.stage == 1 else 100)
-    args.min_steps = args.min_steps or (5000 if args.stage == 1 else 800)
-    args.max_steps = args.max_steps or 3 * args.min_steps
-    args.horizon = args.horizon or 4 * args.segment
-    args.lr = args.lr or (2e-4 if args.stage == 1 else 1e-4)
-    args.warmup = args.warmup if args.warmup is not None else max(args.min_steps // 20, 1)
-    rule = convergence.Rule(min_steps=args.min_steps, max_steps=args.max_steps, horizon=args.horizon)
+    rule = convergence.rule_for(args, segment=500 if args.stage == 1 else 100,
+                                min_steps=5000 if args.stage == 1 else 800, lr=2e-4 if args.stage == 1 else 1e-4)
 
     args.out.mkdir(parents=True, exist_ok=True)
     curve = args.out / "curve.jsonl"
