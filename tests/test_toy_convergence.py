@@ -65,5 +65,6 @@ def test_rule_for_fills_only_what_was_not_given():
     assert [t[0] for t in rule.tolerances] == ["top1", "bpp"]
     given = Namespace(segment=2, min_steps=4, max_steps=6, horizon=3, lr=1e-3, warmup=0)
     rule = convergence.rule_for(given, segment=500, min_steps=5000, lr=2e-4, tolerances=(("psnr", 0.1, False),))
-    assert (given.segment, given.min_steps, given.max_steps, given.horizon, given.lr, given.warmup) == (2, 4, 6, 3, 1e-3, 0)
+    assert (given.segment, given.min_steps, given.max_steps, given.horizon, given.lr, given.warmup) == (
+        2, 4, 6, 3, 1e-3, 0)
     assert rule.tolerances == (("psnr", 0.1, False),)

@@ -17,8 +17,8 @@ boundary changes nothing; a step's batch and training noise are drawn from its o
 the same weights as one that was never interrupted). After each segment its state (weights, both optimizers, all in
 safetensors, and the step) replaces the last one atomically, and a finished copy of the model (quantiles set, CDF
 tables built, as a stopped training keeps it) is measured on ``--images`` validation images (toy world seed 5): bpp
-from the real bytes, PSNR and top-1, appended to ``OUT/lambda=<λ>/curve.jsonl``. Where the rule stops a λ, that copy is written to ``OUT/lambda=<λ>/model``
-(``learned_baselines.load_model`` reads it). A λ stops by ``convergence.py``'s
+from the real bytes, PSNR and top-1, appended to ``OUT/lambda=<λ>/curve.jsonl``. Where the rule stops a λ, that copy
+is written to ``OUT/lambda=<λ>/model`` (``learned_baselines.load_model`` reads it). A λ stops by ``convergence.py``'s
 rule, written down before the runs (tracked: PSNR, 0.1 dB, for the MSE codec; top-1, 1 point, for the task codec; the
 bpp, 2 %, for both; at least ten times v2's steps: 16000 from scratch, 1500 for the task fine-tune; at most three
 times that); the verdict with the end slopes is the last line's ``verdict``.
@@ -42,7 +42,8 @@ import convergence  # noqa: E402
 import foundation_v3  # noqa: E402
 import learned_baselines as lb  # noqa: E402
 from foundation import BASELINE_TRAIN_SEED, IMAGE_SIZE  # noqa: E402
-from train_prior import load_optimizer, log_line, save_optimizer  # noqa: E402
+from convergence import log_line, read_lines  # noqa: E402
+from train_prior import load_optimizer, save_optimizer  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
 from slim_diffusers.utils.file_utils import fsync_tree, remove_tree, replace_directory, write_atomically  # noqa: E402
@@ -71,7 +72,7 @@ class Run:
                             if args.kind == "task" else {})}
 
     def lines(self) -> list:
-        return [json.loads(x) for x in self.curve.read_text().splitlines()] if self.curve.is_file() else []
+        return read_lines(self.curve)
 
     def load(self, start: Path = None):
         """The model and optimizers at the last segment (or new: from scratch, or from ``start``'s weights)."""

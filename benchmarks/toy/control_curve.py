@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 import foundation_v3  # noqa: E402
 from foundation import IMAGE_SIZE, SLIM_TRAIN_SEED  # noqa: E402
 from run_toy import untrained_slim  # noqa: E402
-from train_prior import log_line  # noqa: E402
+from convergence import log_line, read_lines  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
 from slim_diffusers.utils.file_utils import staged_directory, write_atomically  # noqa: E402
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     curve = work / "curve.jsonl"
-    done = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
+    done = read_lines(curve)
     data = build_data(work, args.classifier, args.train_images)
     init = build_init(work, args.sd)
     if args.prepare_only:

@@ -15,10 +15,26 @@ test set:
 ``decide`` returns the verdict with the slopes, so that a results file can say why each run stopped.
 """
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+
+def log_line(path: Path, record: dict) -> None:
+    """Append one measurement (a JSON line) to a run's curve, on disk before it returns."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_lines(path: Path) -> list:
+    """The records ``log_line`` appended to ``path`` (none if it is not there yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 @dataclass(frozen=True)

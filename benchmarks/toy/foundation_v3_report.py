@@ -32,6 +32,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 from foundation_v3 import GATES  # noqa: E402
+from convergence import read_lines  # noqa: E402
 
 from slim_diffusers.utils.file_utils import write_atomically  # noqa: E402
 
@@ -45,10 +46,6 @@ CONTROL_RUNS = ("v2unet", "v3c_s4250", "v3c_s4250_warm1000")
 FOUNDATION_PRIOR_PATHS = ("benchmarks/toy/models/prior_v3", "outputs/prior_v3c_s4250")
 DECODES = (("strength_0.5", "diffusion, strength 0.5, 2-step schedule"),
            ("from_noise", "diffusion from noise, 20 steps"))
-
-
-def read_jsonl(path: Path) -> list:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def relative(path: Path) -> str:
@@ -66,7 +63,7 @@ def prior_curves(results: Path) -> dict:
         path = results / f"{name}_curve.jsonl"
         if not path.is_file():
             continue
-        lines = read_jsonl(path)
+        lines = read_lines(path)
         offset = 0.0
         if parent is not None:
             parent_name, fork = parent
@@ -94,7 +91,7 @@ def control_runs(results: Path) -> dict:
         curve = results / f"control_curve_{name}.jsonl"
         if not curve.is_file():
             continue
-        lines = read_jsonl(curve)
+        lines = read_lines(curve)
         final_path = results / f"control_final_ceiling_{name}.json"
         final = json.loads(final_path.read_text()) if final_path.is_file() else None
         # the first run's lines predate the settings field: it ran with control_curve.py's defaults

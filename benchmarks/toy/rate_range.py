@@ -19,6 +19,8 @@ from typing import Dict, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from convergence import read_lines  # noqa: E402
+
 HIGH_SHARE = 0.8  # of the VAE ceiling's top-1: the accurate end of the curve
 LOW_TOP1 = 10.0  # percent: the near-chance end (20 classes: chance 5 %)
 
@@ -59,7 +61,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ceiling", type=Path, default=HERE / "results" / "foundation_v3.json",
                         help="the VAE ceiling's top-1 comes from here")
     args = parser.parse_args(argv)
-    lines = [json.loads(x) for x in args.curve.read_text().splitlines() if x.strip()]
+    lines = read_lines(args.curve)
+    if not lines:
+        parser.error(f"{args.curve}: no measurement there (no such file, or an empty curve)")
     record = lines[-1] if args.step is None else next(r for r in lines if r["step"] == args.step)
     ceiling = json.loads(args.ceiling.read_text())["gates"]["vae_ceiling"]["top1"]["value"]
     result = read_range(levels_by_lambda(record, args.lambda_rate), ceiling)

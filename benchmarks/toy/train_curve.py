@@ -14,7 +14,6 @@ before the runs; the verdict, with the end slopes, is the last line's ``verdict`
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(HERE))
 import convergence  # noqa: E402
 import foundation_v3  # noqa: E402
 from control_curve import DECODE, run_segment  # noqa: E402
-from train_prior import log_line  # noqa: E402
+from convergence import log_line, read_lines  # noqa: E402
 from foundation import IMAGE_SIZE  # noqa: E402
 
 BUNDLED = REPO / "slim_diffusers" / "assets" / "toy"
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     curve = args.out / "curve.jsonl"
-    done = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
+    done = read_lines(curve)
     reader = foundation_v3.Reader(args.classifier)
     train_seconds = done[-1]["train_wall_seconds"] if done else 0.0
     train_cpu = done[-1]["train_cpu_seconds"] if done else 0.0

@@ -46,6 +46,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import foundation  # noqa: E402
+from convergence import log_line  # noqa: E402
 from foundation import IMAGE_SIZE  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
@@ -58,13 +59,6 @@ from slim_diffusers.utils.file_utils import (  # noqa: E402
 
 BUNDLED = REPO / "slim_diffusers" / "assets" / "toy"
 POOL_SEED = foundation.FOUNDATION_SEED + 20  # the v2 LDM's training images (the foundation seed's LDM offset)
-
-
-def log_line(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
