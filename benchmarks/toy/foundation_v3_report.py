@@ -64,7 +64,7 @@ def prior_curves(results: Path) -> dict:
         if not path.is_file():
             continue
         lines = read_lines(path)
-        offset = 0.0
+        offset, steps_offset = 0.0, 0
         if parent is not None:
             parent_name, fork = parent
             if parent_name not in runs:
@@ -72,15 +72,15 @@ def prior_curves(results: Path) -> dict:
             at_fork = [p for p in runs[parent_name]["points"] if p["run_step"] == fork]
             if not at_fork:
                 raise ValueError(f"{parent_name}'s curve has no gate measurement at step {fork}")
-            offset = at_fork[0]["cpu_seconds_total"]
-        points = [{"step": ln["step"] + (0 if parent is None else runs[parent[0]]["steps_offset"] + parent[1]),
+            offset, steps_offset = at_fork[0]["cpu_seconds_total"], at_fork[0]["step"]
+        points = [{"step": steps_offset + ln["step"],
                    "run_step": ln["step"], "cpu_seconds_total": round(offset + ln["cpu_seconds"], 1),
                    "kind_accuracy": ln["prior_gate_ema"]["kind_accuracy"],
                    "variant_share": ln["prior_gate_ema"]["variant_share"], "drawings": ln["prior_gate_ema"]["drawings"]}
                   for ln in lines if "prior_gate_ema" in ln]
         last = max(ln["cpu_seconds"] for ln in lines)
         runs[name] = {"parent": None if parent is None else {"run": parent[0], "step": parent[1]},
-                      "steps_offset": 0 if parent is None else runs[parent[0]]["steps_offset"] + parent[1],
+                      "steps_offset": steps_offset,
                       "steps": max(ln["step"] for ln in lines), "cpu_seconds": round(last, 1), "points": points}
     return runs
 
