@@ -42,3 +42,28 @@ def test_levels_are_matched_to_lambdas_largest_first(tmp_path, capsys):
     assert rate_range.main([str(curve), "--lambda-rate", "0.1", "1", "10", "--ceiling", str(ceiling)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["lambda_min"] == 0.1 and out["lambda_max"] == 10.0 and out["step"] == 2000
+
+
+def test_a_curve_that_ends_above_chance_reads_the_rate_floor(tmp_path, capsys):
+    import rate_range
+
+    bpp = {1.0: 0.30, 3.0: 0.12, 10.0: 0.080, 30.0: 0.0735, 100.0: 0.0720}
+    floor = rate_range.rate_floor(bpp, share=0.05)  # within 0.0756 of λr 100's 0.0720: λr 30 is the first
+    assert floor["lambda_max"] == 30.0 and floor["bpp_at_largest"] == 0.0720
+    assert rate_range.rate_floor(bpp, share=0.2)["lambda_max"] == 10.0
+
+    levels = {str(i): {"bpp": b, "top1": {"value": t}}
+              for i, (b, t) in enumerate([(0.0720, 19.0), (0.0735, 19.5), (0.080, 22.0), (0.12, 40.0), (0.30, 80.0)])}
+    curve = tmp_path / "curve.jsonl"
+    curve.write_text(json.dumps({"step": 2000, "levels": levels}) + "\n")
+    ceiling = tmp_path / "foundation_v3.json"
+    ceiling.write_text(json.dumps({"gates": {"vae_ceiling": {"top1": {"value": 96.2}}}}))
+    lambdas = ["1", "3", "10", "30", "100"]
+    assert rate_range.main([str(curve), "--lambda-rate", *lambdas, "--ceiling", str(ceiling)]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["lambda_max"] is None and any("extend above" in e for e in plain["extend"])
+    argv = [str(curve), "--lambda-rate", *lambdas, "--ceiling", str(ceiling), "--floor-share", "0.05"]
+    assert rate_range.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lambda_max"] == 30.0 and out["floor"]["top1"] == 19.5 and out["extend"] == []
+    assert out["lambda_min"] == 1.0

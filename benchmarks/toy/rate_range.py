@@ -4,10 +4,13 @@ docs/toy.md, "part 2: the rules": the range runs from the largest λr whose top-
 at least 80 % of the VAE ceiling's top-1, to the smallest λr whose top-1 is at most 10 % (chance: 5 %), each variant
 its own; both bounds are pilot levels, so the range covers what the rule asks for (it widens, never narrows). Where
 no pilot level reaches a bound, the pilot's range was too narrow on that side, and the result says which way to
-extend it instead of guessing.
+extend it instead of guessing. Where even the extended pilot stays above 10 % (the caption travels at every level),
+``--floor-share`` reads the rate floor instead: the smallest λr whose bpp is within that share of the largest λr's.
 
     .venv/bin/python benchmarks/toy/rate_range.py benchmarks/toy/results/v3/pilot_roi_curve.jsonl \
         --lambda-rate 0.03 0.0897 0.268 0.802 2.40 7.17 21.4 64
+    .venv/bin/python benchmarks/toy/rate_range.py benchmarks/toy/results/v3/pilot2_roi_curve.jsonl \
+        --lambda-rate 0.802 2.40 7.17 21.4 64 192 575 1724 --floor-share 0.05
 """
 
 import argparse
@@ -45,12 +48,24 @@ def read_range(top1_by_lambda: Dict[float, float], ceiling_top1: float) -> Dict[
     return {"lambda_min": lo, "lambda_max": hi, "threshold_top1": high, "extend": extend}
 
 
-def levels_by_lambda(record: dict, lambdas: Sequence[float]) -> Dict[float, float]:
-    """A ``train_curve.py`` line's top-1 per level, keyed by λr (level 0 is the largest λr: the fewest bits)."""
+def rate_floor(bpp_by_lambda: Dict[float, float], share: float) -> Dict[str, float]:
+    """The near-chance end when no level reaches ``LOW_TOP1``: the smallest λr whose bpp is within ``share`` of the
+    bpp at the largest λr (beyond it more λr buys almost no fewer bits: the latent carries next to nothing and what
+    top-1 is left comes from the caption)."""
+    largest = max(bpp_by_lambda)
+    limit = (1.0 + share) * bpp_by_lambda[largest]
+    lam = min(lam for lam, bpp in bpp_by_lambda.items() if bpp <= limit)
+    return {"lambda_max": lam, "bpp": bpp_by_lambda[lam], "bpp_at_largest": bpp_by_lambda[largest], "share": share}
+
+
+def levels_by_lambda(record: dict, lambdas: Sequence[float], key: str = "top1") -> Dict[float, float]:
+    """A ``train_curve.py`` line's top-1 (``key="bpp"``: mean bpp) per level, keyed by λr (level 0 is the largest λr:
+    the fewest bits)."""
     ordered = sorted(lambdas, reverse=True)
     if len(ordered) != len(record["levels"]):
         raise ValueError(f"{len(lambdas)} λr given, the curve has {len(record['levels'])} levels")
-    return {ordered[int(level)]: entry["top1"]["value"] for level, entry in record["levels"].items()}
+    value = (lambda entry: entry["top1"]["value"]) if key == "top1" else (lambda entry: entry[key])
+    return {ordered[int(level)]: value(entry) for level, entry in record["levels"].items()}
 
 
 def main(argv=None) -> int:
@@ -60,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=int, default=None, help="the measurement to read (default: the last)")
     parser.add_argument("--ceiling", type=Path, default=HERE / "results" / "foundation_v3.json",
                         help="the VAE ceiling's top-1 comes from here")
+    parser.add_argument("--floor-share", type=float, default=None,
+                        help="where no level is at or below 10 %% top-1, read the rate floor instead: the smallest "
+                             "λr whose bpp is within this share of the largest λr's (the rule: 0.05)")
     args = parser.parse_args(argv)
     lines = read_lines(args.curve)
     if not lines:
@@ -67,6 +85,11 @@ def main(argv=None) -> int:
     record = lines[-1] if args.step is None else next(r for r in lines if r["step"] == args.step)
     ceiling = json.loads(args.ceiling.read_text())["gates"]["vae_ceiling"]["top1"]["value"]
     result = read_range(levels_by_lambda(record, args.lambda_rate), ceiling)
+    if args.floor_share is not None and result["lambda_max"] is None:
+        floor = rate_floor(levels_by_lambda(record, args.lambda_rate, key="bpp"), args.floor_share)
+        top1 = levels_by_lambda(record, args.lambda_rate)
+        result.update(lambda_max=floor["lambda_max"], floor={**floor, "top1": top1[floor["lambda_max"]]})
+        result["extend"] = [e for e in result["extend"] if "extend above" not in e]
     print(json.dumps({"step": record["step"], "vae_ceiling_top1": ceiling, **result}, indent=2, ensure_ascii=False))
     return 0
 
