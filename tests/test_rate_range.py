@@ -67,3 +67,31 @@ def test_a_curve_that_ends_above_chance_reads_the_rate_floor(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["lambda_max"] == 30.0 and out["floor"]["top1"] == 19.5 and out["extend"] == []
     assert out["lambda_min"] == 1.0
+
+
+def test_a_baseline_pilot_is_read_with_the_direction_turned(tmp_path, capsys):
+    import rate_range
+
+    # CompressAI's λ buys bits: the near-chance end is the largest λ at or below 10 %, the accurate end the smallest
+    # λ at 80 % of the ceiling
+    top1 = {1e-4: 5.0, 1e-3: 9.0, 1e-2: 40.0, 0.1: 78.0, 0.3: 85.0}
+    result = rate_range.read_baseline_range(top1, ceiling_top1=96.2)
+    assert result["lambda_min"] == 1e-3 and result["lambda_max"] == 0.1 and result["extend"] == []
+    short = rate_range.read_baseline_range({1e-3: 30.0, 0.1: 60.0}, ceiling_top1=96.2)
+    assert short["lambda_min"] is None and short["lambda_max"] is None
+    assert any("extend below λ 0.001" in e for e in short["extend"])
+    assert any("extend above λ 0.1" in e for e in short["extend"])
+
+    for lam, value in top1.items():
+        folder = tmp_path / "pilot" / f"lambda={lam:g}"
+        folder.mkdir(parents=True)
+        lines = [{"step": s, "lambda": lam, "top1": value - (2000 - s) / 100} for s in (1500, 2000)]
+        (folder / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert rate_range.baseline_levels(tmp_path / "pilot", step=1500)[0.1] == 73.0
+    ceiling = tmp_path / "foundation_v3.json"
+    ceiling.write_text(json.dumps({"gates": {"vae_ceiling": {"top1": {"value": 96.2}}}}))
+    assert rate_range.main(["--baseline", str(tmp_path / "pilot"), "--ceiling", str(ceiling)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lambda_min"] == 1e-3 and out["lambda_max"] == 0.1
+    with pytest.raises(SystemExit):  # a λ that has not reached the step asked for is an error, not a gap
+        rate_range.main(["--baseline", str(tmp_path / "pilot"), "--ceiling", str(ceiling), "--step", "2500"])

@@ -6,11 +6,14 @@ its own; both bounds are pilot levels, so the range covers what the rule asks fo
 no pilot level reaches a bound, the pilot's range was too narrow on that side, and the result says which way to
 extend it instead of guessing. Where even the extended pilot stays above 10 % (the caption travels at every level),
 ``--floor-share`` reads the rate floor instead: the smallest λr whose bpp is within that share of the largest λr's.
+``--baseline DIR`` reads a learned baseline's pilot (``baseline_curve.py``: a folder per λ) by the same rule with the
+direction turned, as CompressAI's λ buys bits where SLIM's λr saves them.
 
     .venv/bin/python benchmarks/toy/rate_range.py benchmarks/toy/results/v3/pilot_roi_curve.jsonl \
         --lambda-rate 0.03 0.0897 0.268 0.802 2.40 7.17 21.4 64
     .venv/bin/python benchmarks/toy/rate_range.py benchmarks/toy/results/v3/pilot2_roi_curve.jsonl \
         --lambda-rate 0.802 2.40 7.17 21.4 64 192 575 1724 --floor-share 0.05
+    .venv/bin/python benchmarks/toy/rate_range.py --baseline outputs/v3_part2/bpilot-mse
 """
 
 import argparse
@@ -48,6 +51,40 @@ def read_range(top1_by_lambda: Dict[float, float], ceiling_top1: float) -> Dict[
     return {"lambda_min": lo, "lambda_max": hi, "threshold_top1": high, "extend": extend}
 
 
+def read_baseline_range(top1_by_lambda: Dict[float, float], ceiling_top1: float) -> Dict[str, Optional[float]]:
+    """``read_range`` for a learned baseline, whose λ buys bits: ``lambda_max`` is the smallest λ still at
+    ``HIGH_SHARE`` of the ceiling (the accurate end), ``lambda_min`` the largest λ at ``LOW_TOP1`` or below."""
+    high = HIGH_SHARE * ceiling_top1
+    accurate = [lam for lam, top1 in top1_by_lambda.items() if top1 >= high]
+    near_chance = [lam for lam, top1 in top1_by_lambda.items() if top1 <= LOW_TOP1]
+    hi = min(accurate) if accurate else None
+    lo = max(near_chance) if near_chance else None
+    extend = []
+    if hi is None:
+        extend.append(f"no level reaches {high:.1f} % top-1: extend above λ {max(top1_by_lambda):g}")
+    if lo is None:
+        extend.append(f"no level is at or below {LOW_TOP1:g} % top-1: extend below λ {min(top1_by_lambda):g}")
+    if lo is not None and hi is not None and lo >= hi:
+        extend.append(f"the near-chance end (λ {lo:g}) is not below the accurate end (λ {hi:g}): the curve is not "
+                      "monotone over the pilot; look at it before choosing")
+    return {"lambda_min": lo, "lambda_max": hi, "threshold_top1": high, "extend": extend}
+
+
+def baseline_levels(folder: Path, step: Optional[int] = None) -> Dict[float, float]:
+    """A ``baseline_curve.py`` pilot's top-1 per λ at ``step`` (default: each λ's last measurement); a λ without that
+    measurement is an error, not a gap in the range."""
+    out = {}
+    for run in sorted(folder.glob("lambda=*")):
+        lines = read_lines(run / "curve.jsonl")
+        record = (lines[-1] if lines else None) if step is None else next((r for r in lines if r["step"] == step), None)
+        if record is None:
+            raise ValueError(f"{run}: no measurement{'' if step is None else f' at step {step}'}")
+        out[float(record["lambda"])] = float(record["top1"])
+    if not out:
+        raise ValueError(f"{folder}: no lambda=<λ> folder with a curve")
+    return out
+
+
 def rate_floor(bpp_by_lambda: Dict[float, float], share: float) -> Dict[str, float]:
     """The near-chance end when no level reaches ``LOW_TOP1``: the smallest λr whose bpp is within ``share`` of the
     bpp at the largest λr (beyond it more λr buys almost no fewer bits: the latent carries next to nothing and what
@@ -70,8 +107,9 @@ def levels_by_lambda(record: dict, lambdas: Sequence[float], key: str = "top1") 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("curve", type=Path, help="the pilot's curve.jsonl (train_curve.py)")
-    parser.add_argument("--lambda-rate", type=float, nargs="+", required=True, help="the λr the pilot was given")
+    parser.add_argument("curve", type=Path, nargs="?", help="the pilot's curve.jsonl (train_curve.py)")
+    parser.add_argument("--lambda-rate", type=float, nargs="+", help="the λr the pilot was given")
+    parser.add_argument("--baseline", type=Path, default=None, help="a baseline_curve.py pilot's --out instead")
     parser.add_argument("--step", type=int, default=None, help="the measurement to read (default: the last)")
     parser.add_argument("--ceiling", type=Path, default=HERE / "results" / "foundation_v3.json",
                         help="the VAE ceiling's top-1 comes from here")
@@ -79,11 +117,23 @@ def main(argv=None) -> int:
                         help="where no level is at or below 10 %% top-1, read the rate floor instead: the smallest "
                              "λr whose bpp is within this share of the largest λr's (the rule: 0.05)")
     args = parser.parse_args(argv)
+    ceiling = json.loads(args.ceiling.read_text())["gates"]["vae_ceiling"]["top1"]["value"]
+    if args.baseline is not None:
+        try:
+            top1 = baseline_levels(args.baseline, args.step)
+        except ValueError as e:
+            parser.error(str(e))
+        result = read_baseline_range(top1, ceiling)
+        print(json.dumps({"step": args.step, "vae_ceiling_top1": ceiling, "top1": {f"{k:g}": v for k, v in
+                                                                               sorted(top1.items())}, **result},
+                         indent=2, ensure_ascii=False))
+        return 0
+    if args.curve is None or not args.lambda_rate:
+        parser.error("give a train_curve.py curve and its --lambda-rate, or --baseline DIR")
     lines = read_lines(args.curve)
     if not lines:
         parser.error(f"{args.curve}: no measurement there (no such file, or an empty curve)")
     record = lines[-1] if args.step is None else next(r for r in lines if r["step"] == args.step)
-    ceiling = json.loads(args.ceiling.read_text())["gates"]["vae_ceiling"]["top1"]["value"]
     result = read_range(levels_by_lambda(record, args.lambda_rate), ceiling)
     if args.floor_share is not None and result["lambda_max"] is None:
         floor = rate_floor(levels_by_lambda(record, args.lambda_rate, key="bpp"), args.floor_share)
