@@ -42,6 +42,8 @@ def test_levels_are_matched_to_lambdas_largest_first(tmp_path, capsys):
     assert rate_range.main([str(curve), "--lambda-rate", "0.1", "1", "10", "--ceiling", str(ceiling)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["lambda_min"] == 0.1 and out["lambda_max"] == 10.0 and out["step"] == 2000
+    assert out["main_levels"] == [0.1, 0.193, 0.373, 0.72, 1.39, 2.68, 5.18, 10.0]  # 8 λr, geometric, both ends kept
+    assert rate_range.main_levels(None, 10.0) is None
 
 
 def test_a_curve_that_ends_above_chance_reads_the_rate_floor(tmp_path, capsys):

@@ -20,7 +20,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -85,6 +87,14 @@ def baseline_levels(folder: Path, step: Optional[int] = None) -> Dict[float, flo
     return out
 
 
+def main_levels(lo: Optional[float], hi: Optional[float], n: int = 8) -> Optional[List[float]]:
+    """The main model's ``n`` λ spaced geometrically from ``lo`` to ``hi`` (both ends kept), three significant digits;
+    None while either end is unknown."""
+    if lo is None or hi is None or not 0 < lo < hi:
+        return None
+    return [float(f"{v:.3g}") for v in np.geomspace(lo, hi, n)]
+
+
 def rate_floor(bpp_by_lambda: Dict[float, float], share: float) -> Dict[str, float]:
     """The near-chance end when no level reaches ``LOW_TOP1``: the smallest λr whose bpp is within ``share`` of the
     bpp at the largest λr (beyond it more λr buys almost no fewer bits: the latent carries next to nothing and what
@@ -124,6 +134,7 @@ def main(argv=None) -> int:
         except ValueError as e:
             parser.error(str(e))
         result = read_baseline_range(top1, ceiling)
+        result["main_levels"] = main_levels(result["lambda_min"], result["lambda_max"])
         print(json.dumps({"step": args.step, "vae_ceiling_top1": ceiling, "top1": {f"{k:g}": v for k, v in
                                                                                sorted(top1.items())}, **result},
                          indent=2, ensure_ascii=False))
@@ -140,6 +151,7 @@ def main(argv=None) -> int:
         top1 = levels_by_lambda(record, args.lambda_rate)
         result.update(lambda_max=floor["lambda_max"], floor={**floor, "top1": top1[floor["lambda_max"]]})
         result["extend"] = [e for e in result["extend"] if "extend above" not in e]
+    result["main_levels"] = main_levels(result["lambda_min"], result["lambda_max"])
     print(json.dumps({"step": record["step"], "vae_ceiling_top1": ceiling, **result}, indent=2, ensure_ascii=False))
     return 0
 
