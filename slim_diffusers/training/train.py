@@ -48,6 +48,19 @@ from .training_utils import (
 logger = get_logger(__name__)
 
 
+def recorded_args(args) -> dict:
+    """The run's arguments as ``training_state.json`` keeps them (what trained these weights, for whoever reads them
+    later): JSON values, paths as text; the Hub token is never written."""
+    out = {}
+    for key, value in sorted(vars(args).items()):
+        if key == "hub_token":
+            continue
+        out[key] = value if value is None or isinstance(value, (bool, int, float, str)) else (
+            [v if isinstance(v, (bool, int, float, str)) else str(v) for v in value]
+            if isinstance(value, (list, tuple)) else str(value))
+    return out
+
+
 def parse_args(stage: int, argv=None, check_inputs: bool = True):
     """The flags of stage ``stage``; with ``check_inputs`` the dataset, models and output path they name are checked
     (one line each, exit status 2) before anything loads."""
@@ -311,7 +324,8 @@ def main(stage: int, argv=None) -> int:
             write_model_card(args, stage, metrics, global_step)
             (stage / "training_state.json").write_text(json.dumps(
                 {"global_step": global_step, "num_processes": accelerator.num_processes, "metrics": metrics,
-                 **({} if weights.rate_levels is None else {"rate_levels": weights.rate_levels})}, indent=2))
+                 **({} if weights.rate_levels is None else {"rate_levels": weights.rate_levels}),
+                 "args": recorded_args(args)}, indent=2))
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 

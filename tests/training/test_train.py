@@ -125,6 +125,9 @@ def test_stage2_with_lora_runs_and_reloads(setup, tmp_path):
         "--classifier_name_or_path", str(tmp_path / "classifier"), "--lpips_net", "alex", "--lpips_random_init")
     state = __import__("json").loads((out / "training_state.json").read_text())
     assert {"val/task_loss", "val/roi_lpips", "val/roi_mse", "val/bpp"} <= set(state["metrics"])
+    # what trained these weights stays beside them (the Hub token never does)
+    assert state["args"]["lpips_random_init"] is True and state["args"]["lpips_net"] == "alex"
+    assert state["args"]["classifier_name_or_path"] == str(tmp_path / "classifier") and "hub_token" not in state["args"]
     pipe = SLIMPipeline.from_pretrained(out)
     assert not any("lora" in k for k in weights(out, "unet"))
     assert any(not torch.equal(weights(setup / "model", "unet")[k], v) for k, v in weights(out, "unet").items())
