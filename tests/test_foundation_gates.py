@@ -219,6 +219,21 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     capsys.readouterr()
     assert train_curve.main(args) == 0  # stopped: nothing trains again
     assert "[curve] step" not in capsys.readouterr().out
+    # the whole chain of one variant (part2_slim.py): stage 1, λt from the stage-2 gradients at every level, stage 2
+    import part2_slim
+
+    part2 = ["--smoke", "--variant", "noroi", "--lambda-rate", "4", "1", "--work-dir", str(work)]
+    assert part2_slim.main(part2) == 0
+    chosen = json.loads((work / "stage1-noroi" / "lambda_task.json").read_text())
+    assert set(chosen["z_hat_balance_per_level"]) == {"0", "1"} and chosen["lambda_task"] > 0
+    state = json.loads((work / "stage2-noroi" / "training_state.json").read_text())
+    assert state["args"]["no_roi"] is True and state["args"]["lambda_task"] == chosen["lambda_task"]
+    assert state["args"]["stage2_timesteps"] == "decode" and state["args"]["decode_timestep_spacing"] == "trailing"
+    assert state["args"]["pretrained_model_name_or_path"] == str(work / "stage1-noroi")
+    assert json.loads((work / "stage1-noroi" / "stage2_gradients" / "level0.json").read_text())["no_roi"] is True
+    capsys.readouterr()
+    assert part2_slim.main(part2) == 0  # both stages stopped, λt chosen: nothing runs again
+    assert "[curve] step" not in capsys.readouterr().out
 
 
 def test_run_segment_counts_the_child_processes_cpu_and_checks_the_step(tmp_path):

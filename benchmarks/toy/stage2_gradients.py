@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lambda-task", type=float, default=0.1)
     parser.add_argument("--decode", type=float, nargs=2, default=None, metavar=("STEPS", "STRENGTH"),
                         help="the decode whose timesteps x̂ is drawn from (default: demo.json's)")
+    parser.add_argument("--no-roi", action="store_true",
+                        help="masks of ones, as the 'w/o RoI' ablation trains (train_stage2.py --no_roi)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -112,6 +114,8 @@ def main(argv=None) -> int:
     processor = AutoImageProcessor.from_pretrained(str(args.classifier))
     items = toy_world.samples(args.images, seed=VALIDATION_SEED, size=IMAGE_SIZE)
     masks = compute_roi_masks(classifier, processor, [i.image for i in items], labels=[i.label for i in items]).masks
+    if args.no_roi:
+        masks = [torch.ones_like(torch.as_tensor(m)) for m in masks]
     batch = {"pixels": to_pixels([i.image for i in items]), "mask": torch.stack([m.reshape(1, IMAGE_SIZE, IMAGE_SIZE)
                                                                                  for m in masks]).float(),
              "embeds": pipe.encode_prompt([i.caption for i in items], "cpu", False)[0],
@@ -130,7 +134,7 @@ def main(argv=None) -> int:
     decode_t = losses.decode_timesteps(pipe.scheduler, int(steps), float(strength))
     model_name = args.model.resolve()
     results = {"model": str(model_name.relative_to(REPO) if model_name.is_relative_to(REPO) else args.model), "images": args.images, "rate_level": None if rate is None else int(rate[0]),
-               "decode": {"num_inference_steps": int(steps), "strength": float(strength),
+               "no_roi": bool(args.no_roi), "decode": {"num_inference_steps": int(steps), "strength": float(strength),
                           "timestep_spacing": pipe.scheduler.config.timestep_spacing},
                "weights": weights.as_dict(), "settings": {}}
     preprocess = classifier_preprocess_fn(str(args.classifier))
