@@ -15,6 +15,8 @@ def test_the_range_runs_from_the_last_accurate_level_to_the_first_near_chance_on
     top1 = {0.03: 90.0, 0.1: 80.0, 0.3: 60.0, 1.0: 30.0, 3.0: 9.0, 10.0: 6.0}
     result = read_range(top1, ceiling_top1=96.2)  # 80 % of the ceiling: 76.96
     assert result["lambda_min"] == 0.1 and result["lambda_max"] == 3.0 and result["extend"] == []
+    upside_down = read_range({0.1: 5.0, 1.0: 90.0}, ceiling_top1=96.2)  # more λr, more accuracy: not a rate curve
+    assert any("wrong order" in e for e in upside_down["extend"])
 
 
 def test_a_pilot_that_misses_a_bound_says_which_way_to_extend():
@@ -77,9 +79,9 @@ def test_a_baseline_pilot_is_read_with_the_direction_turned(tmp_path, capsys):
     # CompressAI's λ buys bits: the near-chance end is the largest λ at or below 10 %, the accurate end the smallest
     # λ at 80 % of the ceiling
     top1 = {1e-4: 5.0, 1e-3: 9.0, 1e-2: 40.0, 0.1: 78.0, 0.3: 85.0}
-    result = rate_range.read_baseline_range(top1, ceiling_top1=96.2)
+    result = rate_range.read_range(top1, ceiling_top1=96.2, lambda_buys_bits=True)
     assert result["lambda_min"] == 1e-3 and result["lambda_max"] == 0.1 and result["extend"] == []
-    short = rate_range.read_baseline_range({1e-3: 30.0, 0.1: 60.0}, ceiling_top1=96.2)
+    short = rate_range.read_range({1e-3: 30.0, 0.1: 60.0}, ceiling_top1=96.2, lambda_buys_bits=True)
     assert short["lambda_min"] is None and short["lambda_max"] is None
     assert any("extend below λ 0.001" in e for e in short["extend"])
     assert any("extend above λ 0.1" in e for e in short["extend"])

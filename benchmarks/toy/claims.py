@@ -88,15 +88,16 @@ def kind_accuracies(rows: Sequence[dict], classifiers: Sequence[str]) -> dict:
 
 # ------------------------------------------------------------------------------------------------ claim 1
 @torch.no_grad()
-def bits_inside_outside(pipe, test, limit: int) -> Dict[str, np.ndarray]:
+def bits_inside_outside(pipe, test, limit: int, rate=None) -> Dict[str, np.ndarray]:
     """Per image: the entropy model's bits at coded positions inside the true target mask and outside it, and
-    how many positions each (a position is inside when the target covers at least half of its pixels)."""
+    how many positions each (a position is inside when the target covers at least half of its pixels); ``rate``:
+    a variable-rate model's level."""
     from slim_diffusers.coding.bit_allocation import bitstream_bit_allocation
 
     stats = {"bits_in": [], "n_in": [], "bits_out": [], "n_out": []}
     for i in range(min(limit, len(test))):
         row = test[i]
-        (bs,) = pipe.compress(row["image"], captions=row["caption"])
+        (bs,) = pipe.compress(row["image"], captions=row["caption"], rate=rate)
         bits, stride = bitstream_bit_allocation(pipe, bs)
         bits = bits.numpy()
         mask = torch.tensor(np.asarray(row["object_mask"], np.float32))[None, None]

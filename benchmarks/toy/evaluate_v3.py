@@ -189,25 +189,7 @@ def ensure_data(work: Path, split: str, n: int) -> Path:
 
 def bits_per_level(pipe, dataset, limit: int) -> List[Dict[str, np.ndarray]]:
     """``claims.bits_inside_outside`` at every level of a variable-rate model."""
-    from slim_diffusers.coding.bit_allocation import bitstream_bit_allocation
-
-    out = []
-    for level in range(pipe.num_rate_levels):
-        stats = {"bits_in": [], "n_in": [], "bits_out": [], "n_out": []}
-        for i in range(min(limit, len(dataset))):
-            row = dataset[i]
-            (bs,) = pipe.compress(row["image"], captions=row["caption"], rate=level)
-            bits, stride = bitstream_bit_allocation(pipe, bs)
-            bits = bits.numpy()
-            mask = torch.tensor(np.asarray(row["object_mask"], np.float32))[None, None]
-            cover = torch.nn.functional.avg_pool2d(mask, stride)[0, 0].numpy()[: bits.shape[0], : bits.shape[1]]
-            bits = bits[: cover.shape[0], : cover.shape[1]]
-            inside = cover >= 0.5
-            for key, value in (("bits_in", bits[inside].sum()), ("n_in", inside.sum()),
-                               ("bits_out", bits[~inside].sum()), ("n_out", (~inside).sum())):
-                stats[key].append(float(value))
-        out.append({k: np.asarray(v, dtype=np.float64) for k, v in stats.items()})
-    return out
+    return [claims.bits_inside_outside(pipe, dataset, limit, rate=level) for level in range(pipe.num_rate_levels)]
 
 
 # ------------------------------------------------------------------------------------------------------ claims

@@ -33,42 +33,34 @@ HIGH_SHARE = 0.8  # of the VAE ceiling's top-1: the accurate end of the curve
 LOW_TOP1 = 10.0  # percent: the near-chance end (20 classes: chance 5 %)
 
 
-def read_range(top1_by_lambda: Dict[float, float], ceiling_top1: float) -> Dict[str, Optional[float]]:
-    """``top1_by_lambda``: the pilot's top-1 (percent) at each λr. Returns ``lambda_min`` (the largest λr still at
-    ``HIGH_SHARE`` of the ceiling: the most accurate end), ``lambda_max`` (the smallest λr at ``LOW_TOP1`` or below),
-    each None where no level reaches it, and ``extend``: what the pilot lacks."""
+def read_range(top1_by_lambda: Dict[float, float], ceiling_top1: float,
+               lambda_buys_bits: bool = False) -> Dict[str, Optional[float]]:
+    """``top1_by_lambda``: the pilot's top-1 (percent) at each λ. The accurate end is the level of fewest bits still at
+    ``HIGH_SHARE`` of the ceiling, the near-chance end the level of most bits at ``LOW_TOP1`` or below, each None where
+    no level reaches it; ``extend`` says what the pilot lacks. SLIM's λr saves bits (the accurate end is the largest
+    such λr: ``lambda_min``); a learned codec's λ buys them (``lambda_buys_bits``: the accurate end is the smallest such
+    λ, ``lambda_max``). ``lambda_min`` < ``lambda_max`` either way."""
     high = HIGH_SHARE * ceiling_top1
+    fewest_bits, most_bits = (min, max) if lambda_buys_bits else (max, min)
     accurate = [lam for lam, top1 in top1_by_lambda.items() if top1 >= high]
     near_chance = [lam for lam, top1 in top1_by_lambda.items() if top1 <= LOW_TOP1]
-    lo = max(accurate) if accurate else None
-    hi = min(near_chance) if near_chance else None
+    ends = {"accurate": fewest_bits(accurate) if accurate else None,
+            "near-chance": most_bits(near_chance) if near_chance else None}
+    name = "λ" if lambda_buys_bits else "λr"
+    side = {"accurate": "above" if lambda_buys_bits else "below", "near-chance": "below" if lambda_buys_bits else "above"}
+    edge = {"above": max(top1_by_lambda), "below": min(top1_by_lambda)}
     extend = []
-    if lo is None:
-        extend.append(f"no level reaches {high:.1f} % top-1: extend below λr {min(top1_by_lambda):g}")
-    if hi is None:
-        extend.append(f"no level is at or below {LOW_TOP1:g} % top-1: extend above λr {max(top1_by_lambda):g}")
+    if ends["accurate"] is None:
+        extend.append(f"no level reaches {high:.1f} % top-1: extend {side['accurate']} {name} "
+                      f"{edge[side['accurate']]:g}")
+    if ends["near-chance"] is None:
+        extend.append(f"no level is at or below {LOW_TOP1:g} % top-1: extend {side['near-chance']} {name} "
+                      f"{edge[side['near-chance']]:g}")
+    lo, hi = (ends["near-chance"], ends["accurate"]) if lambda_buys_bits else (ends["accurate"], ends["near-chance"])
     if lo is not None and hi is not None and lo >= hi:
-        extend.append(f"the accurate end (λr {lo:g}) is not below the near-chance end (λr {hi:g}): the curve is not "
-                      "monotone over the pilot; look at it before choosing")
-    return {"lambda_min": lo, "lambda_max": hi, "threshold_top1": high, "extend": extend}
-
-
-def read_baseline_range(top1_by_lambda: Dict[float, float], ceiling_top1: float) -> Dict[str, Optional[float]]:
-    """``read_range`` for a learned baseline, whose λ buys bits: ``lambda_max`` is the smallest λ still at
-    ``HIGH_SHARE`` of the ceiling (the accurate end), ``lambda_min`` the largest λ at ``LOW_TOP1`` or below."""
-    high = HIGH_SHARE * ceiling_top1
-    accurate = [lam for lam, top1 in top1_by_lambda.items() if top1 >= high]
-    near_chance = [lam for lam, top1 in top1_by_lambda.items() if top1 <= LOW_TOP1]
-    hi = min(accurate) if accurate else None
-    lo = max(near_chance) if near_chance else None
-    extend = []
-    if hi is None:
-        extend.append(f"no level reaches {high:.1f} % top-1: extend above λ {max(top1_by_lambda):g}")
-    if lo is None:
-        extend.append(f"no level is at or below {LOW_TOP1:g} % top-1: extend below λ {min(top1_by_lambda):g}")
-    if lo is not None and hi is not None and lo >= hi:
-        extend.append(f"the near-chance end (λ {lo:g}) is not below the accurate end (λ {hi:g}): the curve is not "
-                      "monotone over the pilot; look at it before choosing")
+        extend.append(f"the accurate end ({name} {ends['accurate']:g}) and the near-chance end ({name} "
+                      f"{ends['near-chance']:g}) are in the wrong order: the curve is not monotone over the pilot; "
+                      "look at it before choosing")
     return {"lambda_min": lo, "lambda_max": hi, "threshold_top1": high, "extend": extend}
 
 
@@ -133,7 +125,7 @@ def main(argv=None) -> int:
             top1 = baseline_levels(args.baseline, args.step)
         except ValueError as e:
             parser.error(str(e))
-        result = read_baseline_range(top1, ceiling)
+        result = read_range(top1, ceiling, lambda_buys_bits=True)
         result["main_levels"] = main_levels(result["lambda_min"], result["lambda_max"])
         print(json.dumps({"step": args.step, "vae_ceiling_top1": ceiling, "top1": {f"{k:g}": v for k, v in
                                                                                sorted(top1.items())}, **result},
