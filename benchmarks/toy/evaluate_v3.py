@@ -94,15 +94,16 @@ def load_pipeline(path: Path):
     return pipe
 
 
-def slim_codecs(roi, noroi) -> list:
+def slim_codecs(roi, noroi, levels: Optional[Sequence[int]] = None) -> list:
     """SLIM's curves: every level of each variable-rate model is a rate point (``rate=<level>``, level 0 the fewest
-    bits). Codecs that decode SLIM's own files another way reuse its bytes (:class:`run_toy.EncodeOnce`)."""
+    bits; ``levels``: only these, for a smoke run). Codecs that decode SLIM's own files another way reuse its bytes
+    (:class:`run_toy.EncodeOnce`)."""
     from slim_diffusers.evaluation.codecs import SLIMCodec, slim_rate_points
 
     decode = {"num_inference_steps": DECODE["num_inference_steps"], "strength": DECODE["strength"],
               "seed": DECODE["seed"]}
-    points, rates = slim_rate_points({"roi": roi})
-    no_points, no_rates = slim_rate_points({"noroi": noroi})
+    points, rates = slim_rate_points({"roi": roi}, levels)
+    no_points, no_rates = slim_rate_points({"noroi": noroi}, levels)
     once = EncodeOnce()
 
     class WrongCaption(SLIMCodec):
@@ -386,7 +387,8 @@ def main(argv=None) -> int:
     classifier_b = args.classifier_b or ensure_classifier_b(work, classifier_steps)
     data = datasets.load_from_disk(str(ensure_data(work, args.split, n)))
     roi, noroi = load_pipeline(args.roi), load_pipeline(args.noroi)
-    codecs = slim_codecs(roi, noroi) + pillow_codecs() + learned_codecs(args.mse, args.task)
+    levels = [0, roi.num_rate_levels - 1] if args.smoke else None  # the smoke run: the two ends
+    codecs = slim_codecs(roi, noroi, levels) + pillow_codecs() + learned_codecs(args.mse, args.task)
     classifiers = [Classifier.from_pretrained(str(args.classifier), name="resnet"),
                    Classifier.from_pretrained(str(classifier_b), name="resnet_b")]
     t0, cpu0 = time.perf_counter(), time.process_time()
