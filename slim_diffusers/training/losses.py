@@ -23,12 +23,20 @@ from ..coding.latents import run_codec
 from ..models.controlnet import controlled_noise_prediction
 
 
+LEVEL_SCALES = ("none", "inverse_lambda")
+
+
 @dataclass
 class LossWeights:
     """The λs of the objective. Stage 1 ignores ``roi`` and ``task``.
 
     ``rate_levels``: a variable-rate model's λr per rate level (level 0 first: the largest λr, the fewest bits);
-    each sample's rate term is weighted by the λr of the level it was coded at, and ``rate`` is unused."""
+    each sample's rate term is weighted by the λr of the level it was coded at, and ``rate`` is unused.
+
+    ``level_scale`` (variable-rate models; our addition, not the paper's): ``"none"`` sums every image's terms as they
+    are; ``"inverse_lambda"`` divides each image's whole loss by max(1, λr of its level). Each level keeps its own
+    optimum (its loss is only scaled), but a level of large λr no longer outweighs the others in the shared weights'
+    gradients by its λr (with Adam, whose steps follow the largest gradients, it otherwise slows every other level)."""
 
     rate: float = 1.0
     guide: float = 1.0
@@ -36,9 +44,18 @@ class LossWeights:
     roi: float = 1.0
     task: float = 0.1
     rate_levels: Optional[Tuple[float, ...]] = None
+    level_scale: str = "none"
+
+    def __post_init__(self):
+        if self.level_scale not in LEVEL_SCALES:
+            raise ValueError(f"unknown level_scale {self.level_scale!r}: use one of {LEVEL_SCALES}")
+        if self.level_scale != "none" and self.rate_levels is None:
+            raise ValueError("level_scale scales a variable-rate model's levels: give rate_levels (several λr)")
 
     def as_dict(self) -> Dict[str, float]:
         values = asdict(self)
+        if self.level_scale == "none":
+            values.pop("level_scale")
         if self.rate_levels is None:
             values.pop("rate_levels")
         else:
@@ -52,40 +69,66 @@ def rate_bpp(likelihoods: Dict[str, torch.Tensor], num_pixels: int) -> torch.Ten
     return bits / num_pixels
 
 
-def variable_rate_term(likelihoods: Dict[str, torch.Tensor], pixels_per_image: int, weights: LossWeights,
-                       rate: Optional[torch.Tensor]) -> torch.Tensor:
-    """``λr·R`` of a variable-rate model's objective: the mean over the batch of each image's bits per pixel weighted
-    by the λr of its level (``rate``: the level of each image; ``weights.rate_levels``: λr per level)."""
+def _level_lambdas(weights: LossWeights, rate, dtype, device) -> torch.Tensor:
     if rate is None:
         raise ValueError("a variable-rate objective needs the rate level of each image")
     rate = torch.as_tensor(rate)
     if rate.is_floating_point() and not torch.equal(rate, rate.round()):
         raise ValueError("training codes every image at a trained level: the rate levels must be whole numbers")
+    return torch.tensor(weights.rate_levels, dtype=dtype, device=device)[rate.long().to(device)]
+
+
+def level_sample_weights(weights: LossWeights, rate, dtype=torch.float32, device="cpu") -> Optional[torch.Tensor]:
+    """Each image's loss scale under ``weights.level_scale`` (``(B,)``), or None where every image counts as it is."""
+    if weights.level_scale == "none":
+        return None
+    return 1.0 / _level_lambdas(weights, rate, dtype, device).clamp_min(1.0)
+
+
+def variable_rate_term(likelihoods: Dict[str, torch.Tensor], pixels_per_image: int, weights: LossWeights,
+                       rate: Optional[torch.Tensor], sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``λr·R`` of a variable-rate model's objective: the mean over the batch of each image's bits per pixel weighted
+    by the λr of its level (``rate``: the level of each image; ``weights.rate_levels``: λr per level), and by
+    ``sample_weights`` when given."""
     bits = sum(-torch.log2(lik).flatten(1).sum(dim=1) for lik in likelihoods.values())
-    lambdas = torch.tensor(weights.rate_levels, dtype=bits.dtype, device=bits.device)[rate.long().to(bits.device)]
+    lambdas = _level_lambdas(weights, rate, bits.dtype, bits.device)
+    if sample_weights is not None:
+        lambdas = lambdas * sample_weights.to(bits)
     return (lambdas * bits / pixels_per_image).mean()
+
+
+def _per_image(values: torch.Tensor, sample_weights: torch.Tensor) -> torch.Tensor:
+    """``values`` (B, ...) weighted by image and averaged as an unweighted mean would be."""
+    return (values * sample_weights.to(values).view(-1, *([1] * (values.dim() - 1)))).mean()
 
 
 MASK_NORMALIZATIONS = ("mass", "literal")
 
 
-def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normalization: str = "mass") -> torch.Tensor:
+def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normalization: str = "mass",
+               sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """MSE of ``a`` and ``b`` weighted by the mask (broadcast over channels).
 
     ``"literal"``: the paper's ``MSE(M⊙a, M⊙b)``, a mean over every element, which scales with E[M²];
-    ``"mass"``: ``Σ M²(a−b)² / Σ M²``, a mean over the mask's mass (equal to the plain MSE for an all-ones mask)."""
+    ``"mass"``: ``Σ M²(a−b)² / Σ M²``, a mean over the mask's mass (equal to the plain MSE for an all-ones mask).
+    ``sample_weights`` (``(B,)``) scales each image's share of the sum, the normalisation unchanged."""
     if normalization == "literal":
-        return F.mse_loss(mask * a, mask * b)
+        if sample_weights is None:
+            return F.mse_loss(mask * a, mask * b)
+        return _per_image((mask * a - mask * b) ** 2, sample_weights)
     if normalization != "mass":
         raise ValueError(f"unknown mask normalization {normalization!r}: use one of {MASK_NORMALIZATIONS}")
     weight = (mask * mask).expand_as(a)
-    return (weight * (a - b) ** 2).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+    squared = weight * (a - b) ** 2
+    if sample_weights is not None:
+        squared = squared * sample_weights.to(squared).view(-1, *([1] * (squared.dim() - 1)))
+    return squared.sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
 def guide_loss(latents: torch.Tensor, latents_hat: torch.Tensor, roi_mask: torch.Tensor,
-               normalization: str = "mass") -> torch.Tensor:
+               normalization: str = "mass", sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The guide loss between z and ẑ with the RoI mask at latent size (:func:`masked_mse`)."""
-    return masked_mse(latents_hat, latents, roi_mask, normalization)
+    return masked_mse(latents_hat, latents, roi_mask, normalization, sample_weights)
 
 
 def decode_timesteps(scheduler, num_inference_steps: int, strength: float,
@@ -192,9 +235,12 @@ def slim_losses(
     mask_latent = resize_mask(roi_mask, latents.shape[-2:]).to(latents_hat.dtype)
 
     pixels_per_image = pixels.shape[-2] * pixels.shape[-1]
+    # weights.level_scale: each image's loss scaled by its level (None: every image as it is, the paper's sum)
+    sample = None if weights.rate_levels is None else level_sample_weights(weights, rate, latents_hat.dtype,
+                                                                            latents_hat.device)
     terms = {
         "rate_bpp": rate_bpp(coded.likelihoods, pixels.shape[0] * pixels_per_image),
-        "guide_loss": guide_loss(latents.to(latents_hat.dtype), latents_hat, mask_latent, mask_normalization),
+        "guide_loss": guide_loss(latents.to(latents_hat.dtype), latents_hat, mask_latent, mask_normalization, sample),
     }
 
     scheduler = model.scheduler
@@ -206,12 +252,16 @@ def slim_losses(
     noisy = scheduler.add_noise(latents, noise, timesteps)
     control = latents.to(latents_hat.dtype) if control_from_latents else latents_hat
     prediction = controlled_noise_prediction(model.unet, model.controlnet, noisy, timesteps, prompt_embeds, control)
-    terms["diffusion_loss"] = F.mse_loss(prediction.float(), diffusion_target(scheduler, latents, noise, timesteps).float())
+    target = diffusion_target(scheduler, latents, noise, timesteps).float()
+    if sample is None:
+        terms["diffusion_loss"] = F.mse_loss(prediction.float(), target)
+    else:
+        terms["diffusion_loss"] = _per_image((prediction.float() - target) ** 2, sample)
 
     if weights.rate_levels is None:  # the fixed-rate objective, computed as it always was
         weighted_rate = weights.rate * terms["rate_bpp"]
     else:
-        weighted_rate = variable_rate_term(coded.likelihoods, pixels_per_image, weights, rate)
+        weighted_rate = variable_rate_term(coded.likelihoods, pixels_per_image, weights, rate, sample)
     loss = weighted_rate + weights.guide * terms["guide_loss"] + weights.diffusion * terms["diffusion_loss"]
 
     if stage == 2:
@@ -230,11 +280,15 @@ def slim_losses(
         decoded = model.vae.decode(x0 / model.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
         decoded = decoded[..., : pixels.shape[-2], : pixels.shape[-1]]
         mask = roi_mask.to(decoded.dtype)
-        terms["roi_mse"] = masked_mse(decoded, pixels, mask, mask_normalization)
-        terms["roi_lpips"] = lpips_model(mask * decoded, mask * pixels).mean()
+        terms["roi_mse"] = masked_mse(decoded, pixels, mask, mask_normalization, sample)
+        distance = lpips_model(mask * decoded, mask * pixels)
+        terms["roi_lpips"] = distance.mean() if sample is None else _per_image(distance, sample)
         logits = classifier(classifier_preprocess((decoded + 1) / 2))
         logits = logits.logits if hasattr(logits, "logits") else logits
-        terms["task_loss"] = F.cross_entropy(logits.float(), labels)
+        if sample is None:
+            terms["task_loss"] = F.cross_entropy(logits.float(), labels)
+        else:
+            terms["task_loss"] = _per_image(F.cross_entropy(logits.float(), labels, reduction="none"), sample)
         loss = loss + weights.roi * (terms["roi_mse"] + terms["roi_lpips"]) + weights.task * terms["task_loss"]
 
     terms["loss"] = loss

@@ -25,7 +25,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..utils.distributed import use_cpu_workers
 from ..utils.file_utils import staged_directory
-from .losses import MASK_NORMALIZATIONS, decode_timesteps, perceptual_distance
+from .losses import LEVEL_SCALES, MASK_NORMALIZATIONS, decode_timesteps, perceptual_distance
 from .inputs import exit_on_mistakes, training_input_mistakes
 from .training_utils import (
     EpochSampler,
@@ -104,6 +104,10 @@ def parse_args(stage: int, argv=None, check_inputs: bool = True):
     p.add_argument("--lambda_rate", type=float, nargs="+", default=[1.0],
                    help="λr; several values train one variable-rate model with a rate level per value (level 0: the "
                    "largest λr, the fewest bits), each training image coded at a level drawn at random")
+    p.add_argument("--level_loss_scale", choices=LEVEL_SCALES, default="none",
+                   help="several --lambda_rate values only (our addition, not the paper's): 'inverse_lambda' divides "
+                   "each image's loss by max(1, λr of its level), so that a level of large λr does not outweigh the "
+                   "others in the shared weights' gradients; 'none' (default): every image's terms as they are")
     p.add_argument("--lambda_guide", type=float, default=1.0, help="λg")
     p.add_argument("--lambda_diffusion", type=float, default=1.0, help="λd")
     p.add_argument("--lambda_roi", type=float, default=1.0, help="λroi (stage 2)")
@@ -142,6 +146,8 @@ def parse_args(stage: int, argv=None, check_inputs: bool = True):
     args = p.parse_args(argv)
     if (args.train_data_dir is None) == (args.dataset_name is None):
         p.error("give exactly one of --train_data_dir and --dataset_name")
+    if args.level_loss_scale != "none" and len(args.lambda_rate) < 2:
+        p.error("--level_loss_scale scales the levels of a variable-rate model: give several --lambda_rate values")
     args.stage = stage
     if check_inputs:
         exit_on_mistakes(p.prog, training_input_mistakes(args))  # before anything loads or any folder is made

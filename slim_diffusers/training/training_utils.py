@@ -490,7 +490,8 @@ def loss_weights(args) -> LossWeights:
     lambdas = list(args.lambda_rate) if isinstance(args.lambda_rate, (list, tuple)) else [args.lambda_rate]
     levels = tuple(level_lambdas(lambdas)) if len(lambdas) > 1 else None
     return LossWeights(lambdas[0] if levels is None else levels[-1], args.lambda_guide, args.lambda_diffusion,
-                       args.lambda_roi, args.lambda_task, rate_levels=levels)
+                       args.lambda_roi, args.lambda_task, rate_levels=levels,
+                       level_scale=getattr(args, "level_loss_scale", "none"))
 
 
 def rate_levels_line(weights: LossWeights) -> str:

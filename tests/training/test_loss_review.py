@@ -156,3 +156,74 @@ def test_step_count_study_separates_start_noise_from_steps():
     assert few_step.decode_plan(trailing, 1, 1.0)["start_timestep"] == 999
     with pytest.raises(ValueError, match="strength"):
         decode_timesteps(trailing, 4, 0.0)
+
+
+def _stage2_batch(pipe, n=4, levels=None):
+    classifier, _ = tiny_classifier(num_labels=2, image_size=32)
+    generator = torch.Generator().manual_seed(3)
+    return dict(pixels=torch.rand(n, 3, 32, 32, generator=generator) * 2 - 1,
+                roi_mask=(torch.rand(n, 1, 32, 32, generator=generator) > 0.5).float(),
+                prompt_embeds=pipe.encode_prompt(["a"] * n, "cpu", False)[0], stage=2, labels=torch.arange(n) % 2,
+                classifier=classifier, classifier_preprocess=lambda x: x,
+                lpips_model=perceptual_distance("alex", random_init=True), rate=levels)
+
+
+@pytest.mark.parametrize("normalization", ["mass", "literal"])
+def test_level_loss_scale_divides_each_images_loss_by_its_lambda_above_one(normalization, monkeypatch):
+    pipe = tiny_pipeline(seed=0, num_rate_levels=2)
+    for m in (pipe.compressor, pipe.decompressor, pipe.controlnet):
+        m.eval()  # no training noise: the same batch gives the same terms under both scales
+    run_codec = losses.run_codec
+
+    def quantised(*args, **kwargs):  # the codec as it decodes (its eval pass runs without gradients)
+        with torch.no_grad():
+            return run_codec(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "run_codec", quantised)
+    levels = (4.0, 0.5)  # level 0: λr 4 (scaled by 1/4); level 1: λr 0.5 (not scaled)
+
+    def terms(scale, rate):
+        weights = LossWeights(rate_levels=levels, level_scale=scale)
+        return slim_losses(pipe, **_stage2_batch(pipe, levels=rate), weights=weights, mask_normalization=normalization,
+                           generator=torch.Generator().manual_seed(0))
+
+    names = ("guide_loss", "diffusion_loss", "roi_mse", "roi_lpips", "task_loss", "loss")
+    # every image at λr 4: each term, and the loss, is a quarter of the unscaled one
+    plain, scaled = terms("none", torch.zeros(4, dtype=torch.long)), terms("inverse_lambda", torch.zeros(4, dtype=torch.long))
+    for name in names:
+        assert torch.allclose(scaled[name], plain[name] / 4, rtol=1e-5), name
+    # every image at λr 0.5 (≤ 1): nothing changes
+    plain, scaled = terms("none", torch.ones(4, dtype=torch.long)), terms("inverse_lambda", torch.ones(4, dtype=torch.long))
+    for name in names:
+        assert torch.allclose(scaled[name], plain[name], rtol=1e-6), name
+    # a mixed batch: each image weighs by its own level (the guide term by hand)
+    rate = torch.tensor([0, 1, 0, 1])
+    mixed = terms("inverse_lambda", rate)
+    z = pipe.vae.encode(_stage2_batch(pipe)["pixels"]).latent_dist.mode() * pipe.vae.config.scaling_factor
+    z_hat = quantised(pipe.compressor, pipe.decompressor, z, rate).latents
+    mask = losses.resize_mask(_stage2_batch(pipe)["roi_mask"], z.shape[-2:])
+    w = torch.tensor([0.25, 1.0, 0.25, 1.0]).view(-1, 1, 1, 1)
+    if normalization == "mass":
+        expected = (w * mask**2 * (z_hat - z) ** 2).sum() / (mask**2).expand_as(z).sum()
+    else:
+        expected = (w * (mask * z_hat - mask * z) ** 2).mean()
+    assert torch.allclose(mixed["guide_loss"], expected, rtol=1e-5)
+
+
+def test_level_loss_scale_needs_a_variable_rate_objective():
+    with pytest.raises(ValueError, match="unknown level_scale"):
+        LossWeights(rate_levels=(2.0, 1.0), level_scale="sqrt")
+    with pytest.raises(ValueError, match="give rate_levels"):
+        LossWeights(level_scale="inverse_lambda")
+    assert "level_scale" not in LossWeights(rate_levels=(2.0, 1.0)).as_dict()  # the default leaves cards as they were
+    assert LossWeights(rate_levels=(2.0, 1.0), level_scale="inverse_lambda").as_dict()["level_scale"] == "inverse_lambda"
+    from slim_diffusers.training.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(1, ["--pretrained_model_name_or_path", "x", "--train_data_dir", "y", "--output_dir", "z",
+                       "--level_loss_scale", "inverse_lambda"], check_inputs=False)
+    args = parse_args(1, ["--pretrained_model_name_or_path", "x", "--train_data_dir", "y", "--output_dir", "z",
+                          "--lambda_rate", "4", "0.5", "--level_loss_scale", "inverse_lambda"], check_inputs=False)
+    from slim_diffusers.training.training_utils import loss_weights
+
+    assert loss_weights(args).level_scale == "inverse_lambda"
