@@ -65,10 +65,14 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", choices=["roi", "noroi"], required=True)
     parser.add_argument("--lambda-rate", type=float, nargs="+", required=True, help="λr per level (rate_range.py)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "v3_part2")
+    parser.add_argument("--level-loss-scale", choices=["none", "inverse_lambda"], default="none",
+                        help="both stages' --level_loss_scale (default none: the paper's objective)")
     parser.add_argument("--smoke", action="store_true", help="two steps per stage on the given work dir's data")
     args = parser.parse_args(argv)
     work, no_roi = args.work_dir, args.variant == "noroi"
-    extra = ["--", "--no_roi"] if no_roi else []
+    both = (["--no_roi"] if no_roi else []) + (["--level_loss_scale", args.level_loss_scale]
+                                               if args.level_loss_scale != "none" else [])
+    extra = ["--", *both] if both else []
     lambdas = ["--lambda-rate", *[str(x) for x in args.lambda_rate]]
     short = (["--segment", "2", "--min-steps", "2", "--max-steps", "2", "--warmup", "1", "--images", "2", "--batch", "2"]
              if args.smoke else [])
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
     print(f"[part2] {args.variant}: stage 2 with λt {lam_task:g} ({chosen})", flush=True)
     train_curve.main(["--stage", "2", "--model", str(stage1), "--data", str(work / "data" / "train"),
                       "--out", str(stage2), *lambdas, *short, "--", "--lambda_task", str(lam_task), *STAGE2_OPTIONS,
-                      *(["--no_roi"] if no_roi else [])])
+                      *both])
     return 0
 
 
