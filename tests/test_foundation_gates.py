@@ -222,7 +222,8 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     # the whole chain of one variant (part2_slim.py): stage 1, λt from the stage-2 gradients at every level, stage 2
     import part2_slim
 
-    part2 = ["--smoke", "--variant", "noroi", "--lambda-rate", "4", "1", "--work-dir", str(work)]
+    part2 = ["--smoke", "--variant", "noroi", "--lambda-rate", "4", "1", "--work-dir", str(work),
+             "--level-loss-scale", "inverse_lambda"]
     assert part2_slim.main(part2) == 0
     chosen = json.loads((work / "stage1-noroi" / "lambda_task.json").read_text())
     assert set(chosen["z_hat_balance_per_level"]) == {"0", "1"} and chosen["lambda_task"] > 0
@@ -230,6 +231,9 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     assert state["args"]["no_roi"] is True and state["args"]["lambda_task"] == chosen["lambda_task"]
     assert state["args"]["stage2_timesteps"] == "decode" and state["args"]["decode_timestep_spacing"] == "trailing"
     assert state["args"]["pretrained_model_name_or_path"] == str(work / "stage1-noroi")
+    first = json.loads((work / "stage1-noroi" / "training_state.json").read_text())
+    assert first["args"]["level_loss_scale"] == state["args"]["level_loss_scale"] == "inverse_lambda"
+    assert first["args"]["no_roi"] is True
     assert json.loads((work / "stage1-noroi" / "stage2_gradients" / "level0.json").read_text())["no_roi"] is True
     capsys.readouterr()
     assert part2_slim.main(part2) == 0  # both stages stopped, λt chosen: nothing runs again
