@@ -366,8 +366,8 @@ class CaptionOnlyCodec:
 
     suffix = ".slim"
 
-    def __init__(self, pipe, name: str = "caption only", steps: int = 8, seed: int = 0):
-        self.pipe, self.name, self.steps, self.seed = pipe, name, steps, seed
+    def __init__(self, pipe, name: str = "caption only", steps: int = 8, seed: int = 0, guidance_scale: float = 1.0):
+        self.pipe, self.name, self.steps, self.seed, self.guidance_scale = pipe, name, steps, seed, guidance_scale
         self.rate_points = ["caption"]
 
     def encode(self, image, rate_point, caption=None) -> bytes:
@@ -386,7 +386,7 @@ class CaptionOnlyCodec:
         bitstreams = [SLIMBitstream.from_bytes(d) for d in datas]
         size = pipe._latent_size(bitstreams[0])
         zeros = torch.zeros(len(datas), pipe.unet.config.in_channels, *size)
-        latents = pipe.denoise(zeros, [bs.caption for bs in bitstreams], self.steps, 1.0, 1.0, 0.0, 0.0,
+        latents = pipe.denoise(zeros, [bs.caption for bs in bitstreams], self.steps, 1.0, self.guidance_scale, 0.0, 0.0,
                                [torch.Generator().manual_seed(self.seed) for _ in datas], None, None, ["latents"])
         pixels = [pipe.decode_latents(latents[i : i + 1], bs) for i, bs in enumerate(bitstreams)]
         return [pipe.image_processor.postprocess(p, output_type="pil")[0] for p in pixels]
