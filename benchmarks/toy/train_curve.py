@@ -69,6 +69,11 @@ def measure_levels(model: Path, reader, n: int, decode: Dict = DECODE, batch: in
             "bpp": float(np.mean([e["bpp"] for e in out.values()])), "images": len(items)}
 
 
+def train_device() -> str:
+    """Where the segment's training ran: the training scripts' Accelerator takes the GPU when there is one."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def train_command(args, steps: int, extra: List[str]) -> List[str]:
     return [sys.executable, str(REPO / "training" / f"train_stage{args.stage}.py"),
             "--pretrained_model_name_or_path", str(args.model), "--train_data_dir", str(args.data),
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
                   "levels": measured["levels"], "images": measured["images"], "validation_losses": state["metrics"],
                   "train_wall_seconds": round(train_seconds, 1), "train_cpu_seconds": round(train_cpu, 1),
                   "measure_cpu_seconds": round(time.process_time() - cpu, 1),
-                  "measure_wall_seconds": round(time.perf_counter() - wall, 1), "date": time.strftime("%Y-%m-%d %H:%M")}
+                  "measure_wall_seconds": round(time.perf_counter() - wall, 1), "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "train_device": train_device(), "measure_device": "cpu"}
         verdict = convergence.decide(done + [record], rule)
         record["verdict"] = verdict
         log_line(curve, record)
