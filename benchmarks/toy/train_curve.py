@@ -69,8 +69,11 @@ def measure_levels(model: Path, reader, n: int, decode: Dict = DECODE, batch: in
             "bpp": float(np.mean([e["bpp"] for e in out.values()])), "images": len(items)}
 
 
-def train_device() -> str:
-    """Where the segment's training ran: the training scripts' Accelerator takes the GPU when there is one."""
+def train_device(out: Path, step: int) -> str:
+    """Where the segment up to ``step`` trains: the training scripts' Accelerator takes the GPU when there is one;
+    a segment whose checkpoint already holds ``step`` (it trained elsewhere and was copied here) trains nothing here."""
+    if (out / f"checkpoint-{step}").is_dir():
+        return f"before this process: resumed from checkpoint-{step}"
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
     verdict = convergence.decide(done, rule)
     while not verdict["stop"]:
         step = verdict["step"] + args.segment
+        device = train_device(args.out, step)
         seconds, cpu, state = run_segment(train_command(args, step, extra), args.out, step)
         train_seconds, train_cpu = train_seconds + seconds, train_cpu + cpu
         wall, cpu = time.perf_counter(), time.process_time()
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
                   "train_wall_seconds": round(train_seconds, 1), "train_cpu_seconds": round(train_cpu, 1),
                   "measure_cpu_seconds": round(time.process_time() - cpu, 1),
                   "measure_wall_seconds": round(time.perf_counter() - wall, 1), "date": time.strftime("%Y-%m-%d %H:%M"),
-                  "train_device": train_device(), "measure_device": "cpu"}
+                  "train_device": device, "measure_device": "cpu"}
         verdict = convergence.decide(done + [record], rule)
         record["verdict"] = verdict
         log_line(curve, record)
