@@ -216,6 +216,13 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     assert lines[-1]["levels"]["0"]["bpp"] < lines[-1]["levels"]["1"]["bpp"]  # level 0: the fewest bits
     assert abs(lines[-1]["bpp"] - sum(e["bpp"] for e in lines[-1]["levels"].values()) / 2) < 1e-12
     assert lines[-1]["verdict"]["stop"] and "max_steps" in lines[-1]["verdict"]["reason"]
+    import torch
+
+    assert lines[-1]["measure_device"] == "cpu"
+    assert lines[-1]["train_device"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    # a segment whose checkpoint was copied in trained before this process, wherever that was
+    assert train_curve.train_device(out, 2).startswith("before this process: resumed from checkpoint-2")
+    assert train_curve.train_device(out, 4) == lines[-1]["train_device"]
     capsys.readouterr()
     assert train_curve.main(args) == 0  # stopped: nothing trains again
     assert "[curve] step" not in capsys.readouterr().out
@@ -224,6 +231,10 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
 
     part2 = ["--smoke", "--variant", "noroi", "--lambda-rate", "4", "1", "--work-dir", str(work),
              "--level-loss-scale", "inverse_lambda"]
+    with pytest.raises(ValueError, match="is not the foundation's"):  # this init is the bundled v2 model's
+        part2_slim.main(part2)
+    assert not (work / "stage1-noroi").exists()
+    part2 += ["--foundation", str(control_curve.BUNDLED / "slim")]
     assert part2_slim.main(part2) == 0
     chosen = json.loads((work / "stage1-noroi" / "lambda_task.json").read_text())
     assert set(chosen["z_hat_balance_per_level"]) == {"0", "1"} and chosen["lambda_task"] > 0

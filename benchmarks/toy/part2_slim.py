@@ -46,6 +46,19 @@ def stopped(out: Path) -> bool:
     return bool(lines) and bool(lines[-1]["verdict"]["stop"])
 
 
+def check_foundation(init: Path, foundation: Path) -> None:
+    """Refuse an untrained model whose frozen UNet is not ``foundation``'s (``control_curve.py --prepare-only`` builds
+    ``init`` from the bundled v2 model unless given ``--sd``): a chain on the wrong foundation would train for hours."""
+    import torch
+    from safetensors.torch import load_file
+
+    name = "unet/diffusion_pytorch_model.safetensors"
+    ours, theirs = load_file(init / name), load_file(foundation / name)
+    if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+        raise ValueError(f"{init}'s UNet is not the foundation's ({foundation}): rebuild it with control_curve.py "
+                         f"--prepare-only --sd {foundation}, or name the foundation it was built from with --foundation")
+
+
 def lambda_task(model: Path, levels: int, no_roi: bool, images: int = 16) -> dict:
     """The median over ``levels`` of the ẑ balance point, with every level's measurement."""
     per_level = {}
@@ -67,9 +80,12 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "v3_part2")
     parser.add_argument("--level-loss-scale", choices=["none", "inverse_lambda"], default="none",
                         help="both stages' --level_loss_scale (default none: the paper's objective)")
+    parser.add_argument("--foundation", type=Path, default=HERE / "models" / "prior_v3",
+                        help="the LDM the work dir's init must carry (default: toy world v3's foundation prior)")
     parser.add_argument("--smoke", action="store_true", help="two steps per stage on the given work dir's data")
     args = parser.parse_args(argv)
     work, no_roi = args.work_dir, args.variant == "noroi"
+    check_foundation(work / "init", args.foundation)
     both = (["--no_roi"] if no_roi else []) + (["--level_loss_scale", args.level_loss_scale]
                                                if args.level_loss_scale != "none" else [])
     extra = ["--", *both] if both else []
