@@ -64,6 +64,16 @@ def _accuracy(correct: np.ndarray) -> dict:
     return {"top1": 100.0 * float(correct.mean()), "low": low, "high": high, "images": int(len(correct))}
 
 
+def paired_comparison(rows: Sequence[dict], a_codec: str, b_codec: str, point: str, classifier: str, replicates: int,
+                      kind: bool = False) -> dict:
+    """Top-1 (or kind) accuracy of two codecs at the same rate point on the images both have, with the paired
+    bootstrap interval of their difference (a − b)."""
+    a, b = _by_image(rows, a_codec, point, classifier), _by_image(rows, b_codec, point, classifier)
+    images = sorted(set(a) & set(b))
+    ca, cb = _correct(a, classifier, images, kind), _correct(b, classifier, images, kind)
+    return {a_codec: _accuracy(ca), b_codec: _accuracy(cb), "difference": _paired_difference(ca, cb, replicates)}
+
+
 def accuracy_of(rows: Sequence[dict], codec: str, point: str, classifier: str, kind: bool = False) -> dict:
     """Top-1 (or, with ``kind``, kind) accuracy of one codec at one rate point over every image it has a row for,
     with its 95 % Wilson interval."""
@@ -188,11 +198,8 @@ def measure(work: Path, cfg, models: dict, report: dict, rate_label: Callable[[f
     }
 
     # 3. diffusion, caption and steps at the low rates
-    def compare(a_codec, b_codec, point, clf, kind=False):
-        a, b = _by_image(rows, a_codec, point, clf), _by_image(rows, b_codec, point, clf)
-        images = sorted(set(a) & set(b))
-        ca, cb = _correct(a, clf, images, kind), _correct(b, clf, images, kind)
-        return {a_codec: _accuracy(ca), b_codec: _accuracy(cb), "difference": _paired_difference(ca, cb, reps)}
+    def compare(a_codec, b_codec, point, clf):
+        return paired_comparison(rows, a_codec, b_codec, point, clf, reps)
 
     diffusion = {p: {c: compare("SLIM", "SLIM w/o diffusion", p, c) for c in classifiers} for p in rates}
     caption = {p: {c: compare("SLIM", "SLIM empty caption", p, c) for c in classifiers} for p in rates}

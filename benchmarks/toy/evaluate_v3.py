@@ -236,12 +236,8 @@ def decide(rows: Sequence[dict], bits: Dict[str, List[Dict[str, np.ndarray]]], r
     levels = sorted(summary["SLIM"], key=lambda p: float(p.split("=")[1]))  # level 0 (fewest bits) first
     no_levels = sorted(summary["SLIM w/o RoI"], key=lambda p: float(p.split("=")[1]))
 
-    def compare(a_codec, a_point, b_codec, b_point, clf):
-        a, b = claims._by_image(rows, a_codec, a_point, clf), claims._by_image(rows, b_codec, b_point, clf)
-        images = sorted(set(a) & set(b))
-        ca, cb = claims._correct(a, clf, images), claims._correct(b, clf, images)
-        return {a_codec: claims._accuracy(ca), b_codec: claims._accuracy(cb),
-                "difference": claims._paired_difference(ca, cb, replicates)}
+    def compare(a_codec, b_codec, point, clf):
+        return claims.paired_comparison(rows, a_codec, b_codec, point, clf, replicates)
 
     out: dict = {"min_overlap_points": MIN_OVERLAP, "levels": levels}
     # 1.
@@ -268,8 +264,8 @@ def decide(rows: Sequence[dict], bits: Dict[str, List[Dict[str, np.ndarray]]], r
                                        "below 0, over at least 20 points of shared top-1",
                                "per_baseline": per_baseline, "byte_floor_96px": claims.byte_floors()}
     # 3.
-    diffusion = {p: {c: compare("SLIM", p, "SLIM w/o diffusion", p, c) for c in classifiers} for p in levels}
-    diffusion_noroi = {p: {c: compare("SLIM w/o RoI", p, "SLIM w/o RoI w/o diffusion", p, c) for c in classifiers}
+    diffusion = {p: {c: compare("SLIM", "SLIM w/o diffusion", p, c) for c in classifiers} for p in levels}
+    diffusion_noroi = {p: {c: compare("SLIM w/o RoI", "SLIM w/o RoI w/o diffusion", p, c) for c in classifiers}
                        for p in no_levels}
     lowest_two = levels[:2]
     out["claim3_diffusion"] = {
@@ -281,8 +277,8 @@ def decide(rows: Sequence[dict], bits: Dict[str, List[Dict[str, np.ndarray]]], r
     }
     # the caption, and the decode steps
     out["caption"] = {
-        "true_vs_empty": {p: {c: compare("SLIM", p, "SLIM empty caption", p, c) for c in classifiers} for p in levels},
-        "true_vs_wrong_kind": {p: {c: compare("SLIM", p, "SLIM wrong caption", p, c) for c in classifiers}
+        "true_vs_empty": {p: {c: compare("SLIM", "SLIM empty caption", p, c) for c in classifiers} for p in levels},
+        "true_vs_wrong_kind": {p: {c: compare("SLIM", "SLIM wrong caption", p, c) for c in classifiers}
                                for p in levels},
         "caption_only": {c: {"top1": claims.accuracy_of(rows, "caption only", "caption", c),
                              "kind": claims.accuracy_of(rows, "caption only", "caption", c, kind=True)}

@@ -97,9 +97,14 @@ def variable_rate_term(likelihoods: Dict[str, torch.Tensor], pixels_per_image: i
     return (lambdas * bits / pixels_per_image).mean()
 
 
+def _weighted_by_image(values: torch.Tensor, sample_weights: torch.Tensor) -> torch.Tensor:
+    """``values`` (B, ...) with each image's entries scaled by its weight (``(B,)``)."""
+    return values * sample_weights.to(values).view(-1, *([1] * (values.dim() - 1)))
+
+
 def _per_image(values: torch.Tensor, sample_weights: torch.Tensor) -> torch.Tensor:
     """``values`` (B, ...) weighted by image and averaged as an unweighted mean would be."""
-    return (values * sample_weights.to(values).view(-1, *([1] * (values.dim() - 1)))).mean()
+    return _weighted_by_image(values, sample_weights).mean()
 
 
 MASK_NORMALIZATIONS = ("mass", "literal")
@@ -121,7 +126,7 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normalizati
     weight = (mask * mask).expand_as(a)
     squared = weight * (a - b) ** 2
     if sample_weights is not None:
-        squared = squared * sample_weights.to(squared).view(-1, *([1] * (squared.dim() - 1)))
+        squared = _weighted_by_image(squared, sample_weights)
     return squared.sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
