@@ -231,6 +231,8 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
 
     part2 = ["--smoke", "--variant", "noroi", "--lambda-rate", "4", "1", "--work-dir", str(work),
              "--level-loss-scale", "inverse_lambda"]
+    with pytest.raises(FileNotFoundError, match="build it first with control_curve.py"):
+        part2_slim.main(["--smoke", "--variant", "noroi", "--lambda-rate", "4", "--work-dir", str(tmp_path / "none")])
     with pytest.raises(ValueError, match="is not the foundation's"):  # this init is the bundled v2 model's
         part2_slim.main(part2)
     assert not (work / "stage1-noroi").exists()

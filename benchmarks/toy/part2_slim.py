@@ -53,6 +53,9 @@ def check_foundation(init: Path, foundation: Path) -> None:
     from safetensors.torch import load_file
 
     name = "unet/diffusion_pytorch_model.safetensors"
+    if not (init / name).is_file():
+        raise FileNotFoundError(f"{init} holds no untrained model: build it first with control_curve.py --sd "
+                                f"{foundation} --work-dir {init.parent} --prepare-only")
     ours, theirs = load_file(init / name), load_file(foundation / name)
     if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
         raise ValueError(f"{init}'s UNet is not the foundation's ({foundation}): rebuild it with control_curve.py "
