@@ -233,6 +233,9 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
              "--level-loss-scale", "inverse_lambda"]
     with pytest.raises(FileNotFoundError, match="build it first with control_curve.py"):
         part2_slim.main(["--smoke", "--variant", "noroi", "--lambda-rate", "4", "--work-dir", str(tmp_path / "none")])
+    with pytest.raises(FileNotFoundError, match="build it first with control_curve.py"):
+        part2_slim.main(["--smoke", "--variant", "noroi", "--lambda-rate", "4", "--work-dir", str(work),
+                         "--prepared", str(tmp_path / "none")])
     with pytest.raises(ValueError, match="is not the foundation's"):  # this init is the bundled v2 model's
         part2_slim.main(part2)
     assert not (work / "stage1-noroi").exists()
@@ -251,6 +254,14 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     capsys.readouterr()
     assert part2_slim.main(part2) == 0  # both stages stopped, λt chosen: nothing runs again
     assert "[curve] step" not in capsys.readouterr().out
+    # another work dir training from this one's data and init (--prepared): its own stages, the same data
+    other = tmp_path / "other"
+    assert part2_slim.main([*part2[:part2.index("--work-dir")], "--work-dir", str(other), "--prepared", str(work),
+                            *part2[part2.index("--work-dir") + 2:]]) == 0
+    state = json.loads((other / "stage1-noroi" / "training_state.json").read_text())
+    assert state["args"]["pretrained_model_name_or_path"] == str(work / "init")
+    assert state["args"]["train_data_dir"] == str(work / "data" / "train")
+    assert (other / "stage2-noroi" / "model_index.json").is_file() and not (other / "init").exists()
 
 
 def test_run_segment_counts_the_child_processes_cpu_and_checks_the_step(tmp_path):

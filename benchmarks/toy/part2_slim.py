@@ -5,7 +5,7 @@
     (the same command again resumes wherever it stopped; --smoke checks the chain in a minute)
 
 The levels are ``rate_range.py``'s ``main_levels`` for the variant. The chain, each step cached under
-``--work-dir`` (``control_curve.py --prepare-only`` made its ``data`` and ``init``):
+``--work-dir`` (``control_curve.py --prepare-only`` made its ``data`` and ``init``, there or in ``--prepared``):
 
 1. stage 1 from the untrained SLIM: ``train_curve.py --stage 1`` with its defaults (the rule of docs/toy.md) into
    ``stage1-<variant>``;
@@ -83,12 +83,15 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "v3_part2")
     parser.add_argument("--level-loss-scale", choices=["none", "inverse_lambda"], default="none",
                         help="both stages' --level_loss_scale (default none: the paper's objective)")
+    parser.add_argument("--prepared", type=Path, default=None,
+                        help="the folder whose data/ and init/ the chain trains from (default: --work-dir)")
     parser.add_argument("--foundation", type=Path, default=HERE / "models" / "prior_v3",
                         help="the LDM the work dir's init must carry (default: toy world v3's foundation prior)")
     parser.add_argument("--smoke", action="store_true", help="two steps per stage on the given work dir's data")
     args = parser.parse_args(argv)
     work, no_roi = args.work_dir, args.variant == "noroi"
-    check_foundation(work / "init", args.foundation)
+    prepared = args.prepared or work
+    check_foundation(prepared / "init", args.foundation)
     both = (["--no_roi"] if no_roi else []) + (["--level_loss_scale", args.level_loss_scale]
                                                if args.level_loss_scale != "none" else [])
     extra = ["--", *both] if both else []
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     short = (["--segment", "2", "--min-steps", "2", "--max-steps", "2", "--warmup", "1", "--images", "2", "--batch", "2"]
              if args.smoke else [])
     stage1, stage2 = work / f"stage1-{args.variant}", work / f"stage2-{args.variant}"
-    train_curve.main(["--stage", "1", "--model", str(work / "init"), "--data", str(work / "data" / "train"),
+    train_curve.main(["--stage", "1", "--model", str(prepared / "init"), "--data", str(prepared / "data" / "train"),
                       "--out", str(stage1), *lambdas, *short, *extra])
     if not stopped(stage1):
         raise RuntimeError(f"{stage1}: stage 1 has not stopped by its rule")
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         write_atomically(chosen, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     lam_task = json.loads(chosen.read_text())["lambda_task"]
     print(f"[part2] {args.variant}: stage 2 with λt {lam_task:g} ({chosen})", flush=True)
-    train_curve.main(["--stage", "2", "--model", str(stage1), "--data", str(work / "data" / "train"),
+    train_curve.main(["--stage", "2", "--model", str(stage1), "--data", str(prepared / "data" / "train"),
                       "--out", str(stage2), *lambdas, *short, "--", "--lambda_task", str(lam_task), *STAGE2_OPTIONS,
                       *both])
     return 0
