@@ -91,7 +91,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work, no_roi = args.work_dir, args.variant == "noroi"
     prepared = args.prepared or work
-    check_foundation(prepared / "init", args.foundation)
+    try:
+        check_foundation(prepared / "init", args.foundation)
+    except (FileNotFoundError, ValueError) as err:  # a work dir not built for this chain: say so, no traceback
+        parser.error(str(err))
     both = (["--no_roi"] if no_roi else []) + (["--level_loss_scale", args.level_loss_scale]
                                                if args.level_loss_scale != "none" else [])
     extra = ["--", *both] if both else []
