@@ -2,6 +2,7 @@
 bundled toy model, cached per stage, and the prior's resumable training (benchmarks/toy/train_prior.py)."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -262,6 +263,35 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     assert state["args"]["pretrained_model_name_or_path"] == str(work / "init")
     assert state["args"]["train_data_dir"] == str(work / "data" / "train")
     assert (other / "stage2-noroi" / "model_index.json").is_file() and not (other / "init").exists()
+    # the demo model bundled from part 2 (part2_export.py): SLIM after stage 2 only, into an assets folder
+    import part2_export
+
+    from slim_diffusers import toy_world
+
+    test_images = tmp_path / "test-20"
+    toy_world.as_dataset(20, seed=3, size=96).save_to_disk(str(test_images))
+    assets = tmp_path / "assets"
+    for model, says in ((work / "stage1-noroi", "a stage-1 model"), (work / "stage2-noroi", "SLIM w/o RoI"),
+                        (tmp_path / "none", "not a trained SLIM pipeline")):
+        with pytest.raises(SystemExit) as exit_:
+            part2_export.main(["--model", str(model), "--test-images", str(test_images), "--assets", str(assets)])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    roi = tmp_path / "stage2-roi"  # the smoke chain trained w/o RoI: the same weights, labelled as the RoI variant
+    shutil.copytree(work / "stage2-noroi", roi, ignore=shutil.ignore_patterns("checkpoint-*"))
+    state = json.loads((roi / "training_state.json").read_text())
+    state["args"]["no_roi"] = False
+    (roi / "training_state.json").write_text(json.dumps(state))
+    assert part2_export.main(["--model", str(roi), "--test-images", str(test_images), "--assets", str(assets)]) == 0
+    demo = json.loads((assets / "toy" / "demo.json").read_text())
+    assert demo["rate_levels"] == {"0": 4.0, "1": 1.0} and demo["default_rate"] == 1
+    assert demo["decode"] == control_curve.DECODE
+    assert "prior_v3" in (assets / "toy" / "README.md").read_text()
+    assert (assets / "toy" / "classifier" / "config.json").is_file()
+    assert len(list((assets / "images").glob("*.png"))) == len(toy_world.CLASS_NAMES)
+    from slim_diffusers import SLIMPipeline
+
+    bundled = SLIMPipeline.from_pretrained(str(assets / "toy" / "slim"))
+    assert bundled.num_rate_levels == 2 and bundled.scheduler.config.timestep_spacing == "trailing"
 
 
 def test_run_segment_counts_the_child_processes_cpu_and_checks_the_step(tmp_path):

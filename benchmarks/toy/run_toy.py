@@ -463,18 +463,26 @@ def stage_evaluate(work: Path, cfg: ToyConfig, models: dict, learned: dict, timi
 
 
 # -------------------------------------------------------------------------------------------------- export
+FOUNDATION_V2 = ("VAE, UNet and CLIP text encoder are the toy stand-ins for Stable Diffusion 2.1 trained by\n"
+                 "  `benchmarks/toy/foundation.py`.")
+
+
 def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Path] = None,
                    demo: Optional[dict] = None, trained_as: Optional[str] = None, decode: Optional[dict] = None,
-                   command: str = "benchmarks/toy/run_toy.py --export") -> None:
+                   command: str = "benchmarks/toy/run_toy.py --export", classifier: Optional[Path] = None,
+                   test_images: Optional[Path] = None, components: str = FOUNDATION_V2,
+                   assets: Optional[Path] = None) -> None:
     """Bundle a SLIM model, the toy classifier and one test image per class into the package: by default SLIM's
     highest rate point (the lowest λr: the most accurate); ``model``, ``demo`` (what ``demo.json`` records besides
     the decoding settings) and ``trained_as`` (how the asset README describes its training) bundle another; ``decode``
-    replaces the run's decoding settings."""
+    replaces the run's decoding settings. ``classifier`` (default: the run's ResNet), ``test_images`` (a saved
+    dataset of the test split; default: the run's), ``components`` (the asset README's line on the frozen parts) and
+    ``assets`` (default: the package's) serve other runs than run_toy.py's."""
     import datasets
 
     from slim_diffusers.training.convert_exact import convert_pipeline_folder, toy_world_images
 
-    assets = REPO / "slim_diffusers" / "assets"
+    assets = Path(assets) if assets is not None else REPO / "slim_diffusers" / "assets"
     bundled = assets / "toy"
     # built beside the bundled model and swapped in whole: a kill leaves the earlier one in place
     target = bundled.with_name(".toy.export")
@@ -488,17 +496,19 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
     pipe.save_pretrained(target / "slim", safe_serialization=True)
     # the bundled model decodes bit-exactly on every device: its entropy model converted to integers
     convert_pipeline_folder(target / "slim", None, toy_world_images(32, size=IMAGE_SIZE))
-    shutil.copytree(work / "foundation" / "resnet", target / "classifier", ignore=shutil.ignore_patterns("toy_done.json"))
+    shutil.copytree(classifier or work / "foundation" / "resnet", target / "classifier",
+                    ignore=shutil.ignore_patterns("toy_done.json"))
     settings = {**demo, "decode": dict(decode or cfg.decode)}
     write_atomically(target / "demo.json", (json.dumps(settings, indent=2) + "\n").encode())
-    write_asset_readme(target, trained_as, command)
+    write_asset_readme(target, trained_as, command, components)
     fsync_tree(target)
     replace_directory(target, bundled)
     target = bundled
     images = assets / "images"
+    images.mkdir(exist_ok=True)
     for old in images.glob("*.png"):
         old.unlink()
-    test = datasets.load_from_disk(str(work / "data" / "test"))
+    test = datasets.load_from_disk(str(test_images or work / "data" / "test"))
     for label in range(len(toy_world.CLASS_NAMES)):
         row = test[label]  # image i has class i % len(CLASS_NAMES)
         row["image"].save(images / f"{toy_world.CLASS_NAMES[label].replace(' ', '_')}.png")
@@ -507,7 +517,7 @@ def export_default(work: Path, cfg: ToyConfig, models: dict, model: Optional[Pat
         "now run tests/golden/update_golden.py and commit the new golden files")
 
 
-def write_asset_readme(target: Path, trained_as: str, command: str) -> None:
+def write_asset_readme(target: Path, trained_as: str, command: str, components: str = FOUNDATION_V2) -> None:
     write_atomically(target / "README.md", (f"""# Bundled toy SLIM model
 
 What `slim demo` (`make demo`) runs offline. Written by `python {command}`.
@@ -515,13 +525,12 @@ What `slim demo` (`make demo`) runs offline. Written by `python {command}`.
 - `slim/`: a `SLIMPipeline` (safetensors, with the exact integer entropy model: its files decode bit-exactly on every device) trained in toy world v2 (`slim_diffusers/toy_world.py`: 96×96 images,
   20 classes = 5 kinds × 4 markings, captions that name the kind only) {trained_as}:
   compressor, decompressor and control module trained by `training/train_stage1.py` and `train_stage2.py`;
-  VAE, UNet and CLIP text encoder are the toy stand-ins for Stable Diffusion 2.1 trained by
-  `benchmarks/toy/foundation.py`.
+  {components}
 - `classifier/`: the toy ResNet (`ResNetForImageClassification`) that gave the RoI masks and the task loss.
 - `demo.json`: the decoding settings of the toy evaluation.
 
-It knows the toy world only. Results and how they were measured: the README's "Toy-scale reproduction on
-CPU" and `benchmarks/toy/results/`.
+It knows the toy world only. Results and how they were measured: the project README's toy reproduction
+section, `docs/toy.md` and `benchmarks/toy/results/`.
 """).encode("utf-8"))
 
 
