@@ -71,3 +71,48 @@ def test_baseline_trains_in_segments_resumes_and_feeds_the_task_codec(tmp_path, 
     with pytest.raises(ValueError, match="other settings"):
         baseline_curve.main(["--kind", "mse", "--out", str(parts), "--lambdas", "0.05", "--smoke", "--min-steps", "6",
                              "--max-steps", "6", "--lr", "1e-3"])
+
+
+def test_a_step_clips_the_main_gradients_only_so_a_resumed_run_trains_as_an_uninterrupted_one(monkeypatch):
+    # CompressAI's order: both optimizers' gradients are cleared before the step, so the main step's clipping never
+    # sees the aux loss's gradients on the quantiles (left from the previous step, they scaled every main gradient,
+    # and a resumed run, whose first step has none, took a step unlike its uninterrupted twin's)
+    import argparse
+    import copy
+
+    import torch
+
+    import baseline_curve
+    import learned_baselines as lb
+    from slim_diffusers import toy_world
+
+    args = argparse.Namespace(kind="mse", N=8, M=12, batch=2, lr=1e-3, aux_lr=1e-3, warmup=1, train_images=4, seed=0,
+                              clip_max_norm=1e-3)  # a bound every step's norm exceeds: the clipping always acts
+    run = baseline_curve.Run(Path("unused"), args, 0.05)
+    pool = lb.TrainingPool(toy_world.samples, 4, 4, 96)
+    torch.manual_seed(0)
+    model = lb.build_model(args.N, args.M).train()
+    opt, aux_opt = lb._optimizers(model, args.lr, args.aux_lr)
+    clipped = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, *a, **k):
+        parameters = list(parameters)
+        clipped.append({id(p) for p in parameters if p.grad is not None})
+        return clip(parameters, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    assert baseline_curve.train_segment(run, model, opt, aux_opt, pool, 0, 2) == 2
+    quantiles = id(model.entropy_bottleneck.quantiles)
+    assert len(clipped) == 2 and all(quantiles not in seen for seen in clipped)
+    # a resume: the same weights and optimizer states in new objects, as a checkpoint loads them
+    resumed = copy.deepcopy(model)
+    for p in resumed.parameters():
+        p.grad = None
+    r_opt, r_aux = lb._optimizers(resumed, args.lr, args.aux_lr)
+    r_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    r_aux.load_state_dict(copy.deepcopy(aux_opt.state_dict()))
+    baseline_curve.train_segment(run, model, opt, aux_opt, pool, 2, 4)
+    baseline_curve.train_segment(run, resumed, r_opt, r_aux, pool, 2, 4)
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

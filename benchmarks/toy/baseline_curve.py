@@ -120,14 +120,7 @@ def train_segment(run: Run, model, opt, aux_opt, pool, step: int, end: int, task
         kwargs = {} if task is None else dict(mse_weight=args.task_mse_weight, task_weight=args.task_weight,
                                               classifier=task[0], processor=task[1], labels=labels)
         terms = lb.codec_loss(out, x, run.lam, **kwargs)
-        opt.zero_grad()
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
-        opt.step()
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad()
-        aux_loss.backward()
-        aux_opt.step()
+        lb.codec_step(model, opt, aux_opt, terms["loss"], args.clip_max_norm)
         step += 1
     return step
 

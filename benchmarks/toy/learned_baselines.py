@@ -252,6 +252,22 @@ def _optimizers(model, lr: float, aux_lr: float):
     return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
 
 
+def codec_step(model, opt, aux_opt, loss: torch.Tensor, clip_max_norm: float) -> None:
+    """One optimisation step in CompressAI's order (its examples/train.py): both optimizers' gradients cleared first,
+    so that the main step's gradient clipping sees the main loss's gradients only. (Clearing the aux optimizer after
+    the main step instead, as this file did until 2026-12-04, left the previous step's aux gradients on the quantiles
+    for the next step's clipping: a norm of about 200 against the main loss's 0.5–2, so every main gradient was
+    scaled by it, and a run resumed from a checkpoint, whose first step has no such leftover, took a step two orders
+    of magnitude larger than its Adam statistics had seen.)"""
+    opt.zero_grad()
+    aux_opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+    opt.step()
+    model.aux_loss().backward()
+    aux_opt.step()
+
+
 def train_codec(model, pool: TrainingPool, *, lam: float, steps: int, batch: int, lr: float, seed: int,
                 config: LearnedBaselineConfig, name: str, mse_weight: float = 1.0, task_weight: float = 0.0,
                 classifier=None, processor=None, log_every: int = 50) -> dict:
@@ -268,15 +284,8 @@ def train_codec(model, pool: TrainingPool, *, lam: float, steps: int, batch: int
         out = training_forward(model, pad(x))
         terms = codec_loss(out, x, lam, mse_weight=mse_weight, task_weight=task_weight, classifier=classifier,
                            processor=processor, labels=labels)
-        opt.zero_grad()
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_max_norm)
-        opt.step()
+        codec_step(model, opt, aux_opt, terms["loss"], config.clip_max_norm)
         sched.step()
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad()
-        aux_loss.backward()
-        aux_opt.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
             values = ", ".join(f"{k} {v.item():.4f}" for k, v in terms.items())
             print(f"[learned/{name}] step {step}/{steps} ({time.perf_counter() - t0:.0f}s) {values}", flush=True)

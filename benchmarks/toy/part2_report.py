@@ -36,12 +36,15 @@ GROUPS = (
     ("slim_stage1", "SLIM stage 1 (main runs, with the remedy)", ["remedy_stage1_{v}_curve.jsonl"]),
     ("slim_stage2", "SLIM stage 2 (main runs, with the remedy)", ["remedy_stage2_{v}_curve.jsonl"]),
     ("baseline_pilot", "the learned baselines' pilot: the λ range (2000 steps each)", ["bpilot-mse/*/curve.jsonl"]),
+    ("mse_clipbug", "the MSE codec's first main runs, stopped by the clipping bug found in their training",
+     [f"mse-clipbug/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS[:2]]),
     ("mse", "the MSE codec, one model per λ", [f"mse/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS]),
     ("task", "the task codec, one model per λ (from the MSE model of its λ)",
      [f"task/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS]),
 )
 METRICS = ("top1", "top1_vae", "bpp", "psnr")
-HALTED = {"slim_paper_loss": "by the step-2000 check (docs/toy.md), not by its stopping rule"}
+HALTED = {"slim_paper_loss": "by the step-2000 check (docs/toy.md), not by its stopping rule",
+          "mse_clipbug": "by the bug found in the baselines' training (docs/toy.md); trained again from scratch"}
 
 
 def run_summary(lines: List[dict]) -> dict:
@@ -132,11 +135,15 @@ def plot(report: dict, path: Path) -> None:
     ax1.set(xlabel="training steps (stage 2 after stage 1)", ylabel="top-1 with diffusion, mean over levels (%)",
             title="SLIM main runs (dashed: the paper's loss, stopped at step 2000)")
     ax1.legend(fontsize=7)
-    for i, (name, run) in enumerate(report["groups"]["mse"]["runs"].items()):
-        if run is not None:
-            ax2.plot([p["step"] for p in run["points"]], [p["psnr"] for p in run["points"]], "-o", ms=3,
-                     color=f"C{i}", label=name.split("/")[1])
-    ax2.set(xlabel="training steps", ylabel="PSNR (dB)", title="the MSE codec, one model per λ")
+    colour = {lam: f"C{i}" for i, lam in enumerate(BASELINE_LAMBDAS)}
+    for key, ls in (("mse_clipbug", "--"), ("mse", "-")):
+        for name, run in report["groups"][key]["runs"].items():
+            if run is not None:
+                lam = name.split("/")[1].split("=")[1]
+                ax2.plot([p["step"] for p in run["points"]], [p["psnr"] for p in run["points"]], ls, marker="o", ms=3,
+                         color=colour[lam], alpha=1.0 if ls == "-" else 0.5, label=f"{key}: λ {lam}")
+    ax2.set(xlabel="training steps", ylabel="PSNR (dB)",
+            title="the MSE codec, one model per λ (dashed: before the clipping fix)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
