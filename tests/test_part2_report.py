@@ -33,6 +33,9 @@ def results(tmp_path):
     curve(res / "stage1_roi_curve.jsonl", [500, 1000])  # halted by the check, never by its rule
     curve(res / "remedy_stage1_roi_curve.jsonl", [500, 1000, 1500], stop_last=True)
     curve(res / "remedy_stage1_noroi_curve.jsonl", [500])
+    first = json.loads((res / "remedy_stage1_noroi_curve.jsonl").read_text())
+    first["verdict"]["end_slopes"] = {"top1": None, "bpp": None}  # convergence.decide: too few measurements yet
+    (res / "remedy_stage1_noroi_curve.jsonl").write_text(json.dumps(first) + "\n")
     curve(res / "mse" / "lambda=0.000316" / "curve.jsonl", [1000, 2000], metrics=("psnr", "bpp", "top1"),
           cpu_per_step=0.3)
     (res / "remedy_lambda_task_roi.json").write_text(json.dumps({"lambda_task": 0.02}))
@@ -70,6 +73,7 @@ def test_main_writes_the_report_table_and_figure(results, capsys):
     out = capsys.readouterr().out
     assert "| remedy_stage2_roi_curve.jsonl | 0 | not started |" in out
     assert "| remedy_stage1_roi_curve.jsonl | 1500 | stopped: flattened |" in out
+    assert "| remedy_stage1_noroi_curve.jsonl | 500 | running: still changing | top1 n/a, bpp n/a |" in out
     written = json.loads((results / "part2_runs.json").read_text())
     pilots = written["groups"]["slim_pilot"]
     assert pilots["runs"]["pilot_roi_curve.jsonl"]["stopped"] is True

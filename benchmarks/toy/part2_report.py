@@ -103,7 +103,8 @@ def table(report: dict) -> str:
                 rows.append(f"| {name} | 0 | not started | | | |")
                 continue
             state = "stopped" if run["stopped"] else "running"
-            slopes = ", ".join(f"{k} {v:+.3g}" for k, v in (run["end_slopes"] or {}).items())
+            slopes = ", ".join(f"{k} {'n/a' if v is None else f'{v:+.3g}'}"  # n/a: too few measurements yet
+                               for k, v in (run["end_slopes"] or {}).items())
             last = ", ".join(f"{k} {v:.3g}" for k, v in run["last"].items())
             cpu = (run["train_cpu_seconds"] + run["measure_cpu_seconds"]) / 3600
             rows.append(f"| {name} | {run['step']} | {state}: {run['reason']} | {slopes} | {last} | {cpu:.2f} |")
