@@ -95,7 +95,9 @@ def test_text_embedding_starts_where_the_unet_was_and_the_control_module_follows
     import train_prior
     from slim_diffusers import SLIMControlNet
 
-    unet = UNet2DConditionModel.from_pretrained(str(REPO / "slim_diffusers" / "assets" / "toy" / "slim" / "unet")).eval()
+    import foundation
+
+    unet = UNet2DConditionModel.from_pretrained(str(foundation.v2_ldm() / "unet")).eval()  # toy world v2's UNet
     new = train_prior.with_text_embedding(unet).eval()
     assert new.config.addition_embed_type == "text" and unet.config.addition_embed_type is None
     x, t = torch.randn(2, 4, 24, 24), torch.tensor([10, 700])
@@ -235,12 +237,12 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     capsys.readouterr()
     for wrong, says in ((["--work-dir", str(tmp_path / "none")], "build it first with control_curve.py"),
                         (["--work-dir", str(work), "--prepared", str(tmp_path / "none")], "build it first"),
-                        (part2[-4:], "is not the foundation's")):  # the last: this init is the bundled v2 model's
+                        (part2[-4:], "is not the foundation's")):  # the last: this init is toy world v2's LDM
         with pytest.raises(SystemExit) as exit_:
             part2_slim.main(["--smoke", "--variant", "noroi", "--lambda-rate", "4", *wrong])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
     assert not (work / "stage1-noroi").exists()
-    part2 += ["--foundation", str(control_curve.BUNDLED / "slim")]
+    part2 += ["--foundation", str(control_curve.foundation.v2_ldm())]
     assert part2_slim.main(part2) == 0
     chosen = json.loads((work / "stage1-noroi" / "lambda_task.json").read_text())
     assert set(chosen["z_hat_balance_per_level"]) == {"0", "1"} and chosen["lambda_task"] > 0
@@ -271,8 +273,16 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     test_images = tmp_path / "test-20"
     toy_world.as_dataset(20, seed=3, size=96).save_to_disk(str(test_images))
     assets = tmp_path / "assets"
+    running = tmp_path / "stage2-running"  # a stage 2 its rule has not stopped yet
+    shutil.copytree(work / "stage2-noroi", running, ignore=shutil.ignore_patterns("checkpoint-*"))
+    state = json.loads((running / "training_state.json").read_text())
+    state["args"]["no_roi"] = False
+    (running / "training_state.json").write_text(json.dumps(state))
+    last = json.loads((running / "curve.jsonl").read_text().splitlines()[-1])
+    last["verdict"]["stop"] = False
+    (running / "curve.jsonl").write_text(json.dumps(last) + "\n")
     for model, says in ((work / "stage1-noroi", "a stage-1 model"), (work / "stage2-noroi", "SLIM w/o RoI"),
-                        (tmp_path / "none", "not a trained SLIM pipeline")):
+                        (tmp_path / "none", "not a trained SLIM pipeline"), (running, "has not stopped")):
         with pytest.raises(SystemExit) as exit_:
             part2_export.main(["--model", str(model), "--test-images", str(test_images), "--assets", str(assets)])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
@@ -285,13 +295,25 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     demo = json.loads((assets / "toy" / "demo.json").read_text())
     assert demo["rate_levels"] == {"0": 4.0, "1": 1.0} and demo["default_rate"] == 1
     assert demo["decode"] == control_curve.DECODE
-    assert "prior_v3" in (assets / "toy" / "README.md").read_text()
+    readme = (assets / "toy" / "README.md").read_text()
+    assert "prior_v3" in readme and "divided by max(1, λr of its level)" in readme  # the chain's inverse_lambda
     assert (assets / "toy" / "classifier" / "config.json").is_file()
     assert len(list((assets / "images").glob("*.png"))) == len(toy_world.CLASS_NAMES)
     from slim_diffusers import SLIMPipeline
 
     bundled = SLIMPipeline.from_pretrained(str(assets / "toy" / "slim"))
     assert bundled.num_rate_levels == 2 and bundled.scheduler.config.timestep_spacing == "trailing"
+    # before the package's bundled model is replaced, toy world v2's LDM is kept (the part-1 tools' default)
+    import foundation
+
+    kept = tmp_path / "foundation_v2"
+    part2_export.keep_v2_ldm(foundation.v2_ldm(), kept)
+    for part in foundation.V2_LDM_PARTS:
+        names = sorted(p.name for p in (foundation.v2_ldm() / part).iterdir())
+        assert names and sorted(p.name for p in (kept / part).iterdir()) == names
+    part2_export.keep_v2_ldm(REPO / "benchmarks" / "toy" / "models" / "prior_v3", kept)  # kept already: nothing to do
+    with pytest.raises(ValueError, match="not toy world v2's LDM"):
+        part2_export.keep_v2_ldm(REPO / "benchmarks" / "toy" / "models" / "prior_v3", tmp_path / "elsewhere")
 
 
 def test_run_segment_counts_the_child_processes_cpu_and_checks_the_step(tmp_path):

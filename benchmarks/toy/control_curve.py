@@ -33,6 +33,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import foundation_v3  # noqa: E402
+import foundation  # noqa: E402
 from foundation import IMAGE_SIZE, SLIM_TRAIN_SEED  # noqa: E402
 from run_toy import untrained_slim  # noqa: E402
 from convergence import log_line, read_lines  # noqa: E402
@@ -97,8 +98,9 @@ def train_command(init: Path, data: Path, out: Path, steps: int, args) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sd", type=Path, default=BUNDLED / "slim", help="the LDM: a folder with vae/, unet/, "
-                        "text_encoder/, tokenizer/, scheduler/ (train_prior.py's OUT/sd; default: the bundled model's)")
+    parser.add_argument("--sd", type=Path, default=foundation.v2_ldm(), help="the LDM: a folder with vae/, unet/, "
+                        "text_encoder/, tokenizer/, scheduler/ (train_prior.py's OUT/sd; default: toy world v2's, "
+                        "foundation.v2_ldm())")
     parser.add_argument("--classifier", type=Path, default=BUNDLED / "classifier")
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=5000, help="at most (toy world v3's stage 1: ten times v2's)")

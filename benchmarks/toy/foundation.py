@@ -36,6 +36,18 @@ IMAGE_SIZE = toy_world.DEFAULT_SIZE
 # nothing but the final evaluation.
 FOUNDATION_SEED, SLIM_TRAIN_SEED, TEST_SEED, BASELINE_TRAIN_SEED, VALIDATION_SEED = 1, 2, 3, 4, 5
 
+HERE = Path(__file__).resolve().parent
+BUNDLED_SLIM = HERE.parents[1] / "slim_diffusers" / "assets" / "toy" / "slim"
+# toy world v2's LDM, the part-1 tools' default: the bundled demo model's until toy world v3's part 2 bundles its own
+# SLIM (benchmarks/toy/part2_export.py), which first keeps these parts of it here
+V2_LDM_COPY = HERE / "models" / "foundation_v2"
+V2_LDM_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def v2_ldm() -> Path:
+    """Toy world v2's LDM (a folder with vae/, unet/, text_encoder/, tokenizer/, scheduler/)."""
+    return V2_LDM_COPY if (V2_LDM_COPY / "unet").is_dir() else BUNDLED_SLIM
+
 
 def to_pixels(images) -> torch.Tensor:
     """PIL images → (B, 3, H, W) in [-1, 1]."""

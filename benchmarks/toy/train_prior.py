@@ -167,9 +167,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--init", type=Path, default=BUNDLED / "slim", help="a folder with unet/ and text_encoder/ "
+    parser.add_argument("--init", type=Path, default=foundation.v2_ldm(), help="a folder with unet/ and text_encoder/ "
                         "(a pipeline, or another run's OUT/checkpoint); vae/ and tokenizer/ from it too when it has them, "
-                        "else the bundled model's (default: the bundled toy model)")
+                        "else toy world v2's (default: toy world v2's LDM, foundation.v2_ldm())")
     parser.add_argument("--from-scratch", action="store_true", help="new UNet and text encoder (foundation.py's)")
     parser.add_argument("--classifier", type=Path, default=BUNDLED / "classifier")
     parser.add_argument("--steps", type=int, default=60000)
@@ -207,8 +207,8 @@ def main(argv=None) -> int:
     curve = out / "curve.jsonl"
     torch.manual_seed(args.seed)
 
-    def part(name):  # another run's checkpoint/ has no VAE or tokenizer: the bundled model's (the pool's VAE)
-        return args.init / name if (args.init / name).is_dir() else BUNDLED / "slim" / name
+    def part(name):  # another run's checkpoint/ has no VAE or tokenizer: toy world v2's (the pool's VAE)
+        return args.init / name if (args.init / name).is_dir() else foundation.v2_ldm() / name
 
     vae = AutoencoderKL.from_pretrained(str(part("vae"))).eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(str(part("tokenizer")))
