@@ -75,6 +75,9 @@ def test_main_writes_the_report_table_and_figure(results, capsys):
     assert "| remedy_stage1_roi_curve.jsonl | 1500 | stopped: flattened |" in out
     assert "| remedy_stage1_noroi_curve.jsonl | 500 | running: still changing | top1 n/a, bpp n/a |" in out
     written = json.loads((results / "part2_runs.json").read_text())
+    before = (results / "part2_runs.json").read_bytes()
+    assert part2_report.main(["--results-dir", str(results)]) == 0  # the same curves: the same report, byte for byte
+    assert (results / "part2_runs.json").read_bytes() == before
     pilots = written["groups"]["slim_pilot"]
     assert pilots["runs"]["pilot_roi_curve.jsonl"]["stopped"] is True
     assert pilots["runs"]["pilot2_roi_curve.jsonl"] is None and pilots["all_stopped"] is False
