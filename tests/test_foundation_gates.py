@@ -273,11 +273,15 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
     test_images = tmp_path / "test-20"
     toy_world.as_dataset(20, seed=3, size=96).save_to_disk(str(test_images))
     assets = tmp_path / "assets"
-    running = tmp_path / "stage2-running"  # a stage 2 its rule has not stopped yet
-    shutil.copytree(work / "stage2-noroi", running, ignore=shutil.ignore_patterns("checkpoint-*"))
-    state = json.loads((running / "training_state.json").read_text())
-    state["args"]["no_roi"] = False
-    (running / "training_state.json").write_text(json.dumps(state))
+
+    def as_roi(folder):  # the smoke chain trained w/o RoI: the same weights, labelled as the RoI variant
+        shutil.copytree(work / "stage2-noroi", folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+        state = json.loads((folder / "training_state.json").read_text())
+        state["args"]["no_roi"] = False
+        (folder / "training_state.json").write_text(json.dumps(state))
+        return folder
+
+    running = as_roi(tmp_path / "stage2-running")  # a stage 2 its rule has not stopped yet
     last = json.loads((running / "curve.jsonl").read_text().splitlines()[-1])
     last["verdict"]["stop"] = False
     (running / "curve.jsonl").write_text(json.dumps(last) + "\n")
@@ -286,11 +290,7 @@ def test_control_curve_measures_the_ceiling_after_every_segment_and_resumes(tmp_
         with pytest.raises(SystemExit) as exit_:
             part2_export.main(["--model", str(model), "--test-images", str(test_images), "--assets", str(assets)])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
-    roi = tmp_path / "stage2-roi"  # the smoke chain trained w/o RoI: the same weights, labelled as the RoI variant
-    shutil.copytree(work / "stage2-noroi", roi, ignore=shutil.ignore_patterns("checkpoint-*"))
-    state = json.loads((roi / "training_state.json").read_text())
-    state["args"]["no_roi"] = False
-    (roi / "training_state.json").write_text(json.dumps(state))
+    roi = as_roi(tmp_path / "stage2-roi")
     assert part2_export.main(["--model", str(roi), "--test-images", str(test_images), "--assets", str(assets)]) == 0
     demo = json.loads((assets / "toy" / "demo.json").read_text())
     assert demo["rate_levels"] == {"0": 4.0, "1": 1.0} and demo["default_rate"] == 1

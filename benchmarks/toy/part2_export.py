@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -34,8 +34,9 @@ FOUNDATION_V3 = ("the VAE is toy world v2's (`benchmarks/toy/foundation.py`); th
                  "  `benchmarks/toy/train_prior.py`).")
 
 
-def levels_of(model: Path) -> List[float]:
-    """The model's λr per level (level 0 first) as its training recorded them; refuses what part 2 did not train."""
+def levels_of(model: Path) -> Tuple[List[float], dict]:
+    """The model's λr per level (level 0 first) and the arguments it trained with, as its training recorded them;
+    refuses what part 2 did not train."""
     state_file = model / "training_state.json"
     if not (model / "model_index.json").is_file() or not state_file.is_file():
         raise ValueError(f"{model}: not a trained SLIM pipeline (no model_index.json / training_state.json)")
@@ -52,7 +53,7 @@ def levels_of(model: Path) -> List[float]:
     if not curve or not curve[-1].get("verdict", {}).get("stop"):
         raise ValueError(f"{model}: its training has not stopped by its rule (curve.jsonl): the demo bundles the "
                          "finished model only")
-    return [float(x) for x in levels]
+    return [float(x) for x in levels], args
 
 
 def keep_v2_ldm(bundled: Path, copy: Path) -> None:
@@ -74,19 +75,21 @@ def keep_v2_ldm(bundled: Path, copy: Path) -> None:
 
 
 def export(model: Path, test_images: Path, assets: Optional[Path] = None) -> dict:
-    levels = levels_of(model)
+    levels, args = levels_of(model)
+    if not (test_images / "dataset_info.json").is_file():
+        raise ValueError(f"{test_images}: not a saved dataset (evaluate_v3.py --split test writes one)")
     if assets is None:  # the package's: toy world v2's LDM is kept for the part-1 tools first
         keep_v2_ldm(foundation.BUNDLED_SLIM, foundation.V2_LDM_COPY)
-    scale = json.loads((model / "training_state.json").read_text())["args"].get("level_loss_scale", "none")
     demo = {"rate_levels": {str(i): lam for i, lam in enumerate(levels)}, "default_rate": len(levels) - 1}
     trained_as = (f"with toy world v3's foundation (part 2) as one variable-rate model with {len(levels)} rate levels "
                   f"(λr {', '.join(f'{lam:g}' for lam in levels)} for levels 0 … {len(levels) - 1}; "
                   "`slim demo --rate R`)" + (", each image's loss divided by max(1, λr of its level)"
-                                             if scale == "inverse_lambda" else ", the paper's loss"))
+                                             if args.get("level_loss_scale") == "inverse_lambda"
+                                             else ", the paper's loss"))
     command = f"benchmarks/toy/part2_export.py --model {model} --test-images {test_images}"
     run_toy.export_default(REPO / "outputs", run_toy.V3, {}, model=model, demo=demo, trained_as=trained_as,
                            decode=dict(DECODE), command=command, test_images=test_images,
-                           classifier=run_toy.REPO / "slim_diffusers" / "assets" / "toy" / "classifier",
+                           classifier=foundation.BUNDLED_SLIM.parent / "classifier",
                            components=FOUNDATION_V3, assets=assets)
     return demo
 
@@ -98,13 +101,10 @@ def main(argv=None) -> int:
                         help="the test split saved as a dataset (evaluate_v3.py's WORK/data/test-1000)")
     parser.add_argument("--assets", type=Path, default=None, help="default: the package's slim_diffusers/assets")
     args = parser.parse_args(argv)
-    try:
-        levels_of(args.model)
+    try:  # a model part 2 did not finish, no test images, no v2 LDM to keep: refused before anything is written
+        demo = export(args.model, args.test_images, args.assets)
     except ValueError as err:
         parser.error(str(err))
-    if not (args.test_images / "dataset_info.json").is_file():
-        parser.error(f"{args.test_images}: not a saved dataset (evaluate_v3.py --split test writes one)")
-    demo = export(args.model, args.test_images, args.assets)
     print(json.dumps(demo))
     return 0
 
