@@ -514,7 +514,7 @@ def plot_rate_accuracy_bands(
             ax.fill_between(bpp, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.18, linewidth=0)
             if all(p.get("bpp_ci") for p in points):
                 bpp_ci = np.array([p["bpp_ci"] for p in points])
-                ax.errorbar(bpp, acc, xerr=[bpp - bpp_ci[:, 0], bpp_ci[:, 1] - bpp], fmt="none",
+                ax.errorbar(bpp, acc, xerr=np.stack([bpp - bpp_ci[:, 0], bpp_ci[:, 1] - bpp]), fmt="none",
                             ecolor=line.get_color(), elinewidth=0.8, capsize=0)
         ax.set_xscale("log")  # the Bjøntegaard deltas' axis
         ax.set_xlabel("bits per pixel (log scale)")

@@ -271,10 +271,13 @@ def test_gz_rows_round_trip_and_rewrite_to_the_same_bytes(tmp_path):
         read_rows_gz(path)
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # matplotlib's own, e.g. on how xerr is passed
 def test_plot_with_bands_writes_a_png(tmp_path):
     rng = np.random.default_rng(10)
     rows = [r for c in range(12) for r in random_codec(rng, f"codec {c}", 30, 1 + c / 4, skill=c / 40)]
+    rows += random_codec(rng, "one point", 30, 0.5, points=(1,))  # a curve of one rate point (caption only)
     summary = summarize_with_intervals(rows, CLASSIFIERS)
+    assert all(p.get("bpp_ci") for points in summary.values() for p in points.values())  # the bars are drawn
     path = tmp_path / "rate_accuracy_ci.png"
     plot_rate_accuracy_bands(summary, CLASSIFIERS, path, styles={"codec 0": {"color": "black", "label": "anchor"}},
                              titles={CLASSIFIERS[1]: "ConvNeXt (never trained on toy world)"})
