@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,6 +60,20 @@ def recorded_args(args) -> dict:
             [v if isinstance(v, (bool, int, float, str)) else str(v) for v in value]
             if isinstance(value, (list, tuple)) else str(value))
     return out
+
+
+def replay_schedule(lr_scheduler, steps: int) -> None:
+    """Step a freshly built learning-rate schedule to ``steps``, as a resumed run does before its first step.
+
+    The schedule is a function of the step count only, so this gives the learning rate an uninterrupted run has at
+    that step. PyTorch warns that the scheduler stepped before the optimizer (it may skip the schedule's first
+    value); here that is the point, so the warning, which would suggest a broken resume, is silenced for it alone.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
+        for _ in range(steps):
+            lr_scheduler.step()
 
 
 def parse_args(stage: int, argv=None, check_inputs: bool = True):
@@ -256,8 +271,7 @@ def main(stage: int, argv=None) -> int:
         accelerator.load_state(str(resume))
         global_step = int(resume.name.split("-")[1])
         logger.info(f"resumed from {resume} at step {global_step}")
-        for _ in range(global_step):
-            lr_scheduler.step()
+        replay_schedule(lr_scheduler, global_step)
     elif args.resume_from_checkpoint:
         logger.info("no checkpoint to resume from: starting a new run")
     first_epoch, skip = divmod(global_step * args.gradient_accumulation_steps, len(loader))

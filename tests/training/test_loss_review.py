@@ -70,8 +70,11 @@ def test_toy_recipes_v2_pins_its_loss_options_and_v3_warms_up_from_the_highest_r
         run_toy.recipe_config("v4")
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # the replay does not warn of a broken schedule
 def test_lr_warm_up_rises_linearly_and_resumes_by_step_count():
     from diffusers.optimization import get_scheduler
+
+    from slim_diffusers.training.train import replay_schedule
 
     def lrs(steps, resume_at=None):
         opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
@@ -79,8 +82,7 @@ def test_lr_warm_up_rises_linearly_and_resumes_by_step_count():
         out = []
         for step in range(steps):
             if resume_at is not None and step == 0:  # what train.py does after loading a checkpoint
-                for _ in range(resume_at):
-                    sched.step()
+                replay_schedule(sched, resume_at)
             out.append(opt.param_groups[0]["lr"])
             opt.step()
             sched.step()
