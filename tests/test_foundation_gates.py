@@ -113,6 +113,7 @@ def test_text_embedding_starts_where_the_unet_was_and_the_control_module_follows
         assert mid.shape[0] == 2
 
 
+@pytest.mark.filterwarnings("error:Detected call of:UserWarning")  # the resume replays the schedule quietly
 def test_prior_training_logs_its_curve_and_resumes(tmp_path, capsys):
     import train_prior
 

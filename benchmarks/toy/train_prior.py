@@ -50,6 +50,7 @@ from convergence import log_line  # noqa: E402
 from foundation import IMAGE_SIZE  # noqa: E402
 
 from slim_diffusers import toy_world  # noqa: E402
+from slim_diffusers.training.train import replay_schedule  # noqa: E402
 from slim_diffusers.utils.file_utils import (  # noqa: E402
     fsync_tree,
     replace_directory,
@@ -242,8 +243,7 @@ def main(argv=None) -> int:
         ema.load_state_dict({**json.loads((ckpt / "ema.json").read_text()),
                              "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
         step, seconds, cpu_seconds = state["step"], state["seconds"], state["cpu_seconds"]
-        for _ in range(step):  # the learning rate is a function of the step
-            lr_sched.step()
+        replay_schedule(lr_sched, step)  # the learning rate is a function of the step
         print(f"[prior] resumed at step {step}", flush=True)
     reader = Reader(args.classifier)
     latents, captions, masks = latent_pool(vae, args.pool, out / "latent_pool.safetensors")
