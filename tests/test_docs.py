@@ -4,6 +4,7 @@ backticks) resolves, every shell command names a program that exists in the set-
 import argparse
 import os
 import re
+import shutil
 import shlex
 import subprocess
 import sys
@@ -17,6 +18,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 VENV_BIN = Path(sys.executable).parent
 REPOSITORY_FOLDERS = ("slim_diffusers/", "training/", "benchmarks/", "tests/", "hub_cards/", "docs/", ".ci/")
 SHELL_BUILTINS = {"cd", "source", "export", "test"}
+COREUTILS = {"cp", "mkdir", "ls", "cat"}  # on every machine the README's set-up runs on
 
 
 def page_id(page: Path) -> str:
@@ -127,6 +129,8 @@ def program_missing(words) -> str:
     program, args = words[0], words[1:]
     if program in SHELL_BUILTINS:
         return ""
+    if program in COREUTILS:
+        return "" if shutil.which(program) else f"{program}: not on this machine"
     if program == "make":
         missing = [t for t in args if not t.startswith("-") and "=" not in t and t not in make_targets()]
         return f"no make target {missing}" if missing else ""
