@@ -26,7 +26,10 @@ from slim_diffusers.utils.file_utils import write_atomically  # noqa: E402
 
 VARIANTS = ("roi", "noroi")
 # the learned baselines' main λ (docs/toy.md, read off their pilot by rate_range.py --baseline)
-BASELINE_LAMBDAS = ("0.000316", "0.00061", "0.00118", "0.00227", "0.00439", "0.00848", "0.0164", "0.0316")
+MAIN_LAMBDAS = ("0.000316", "0.00061", "0.00118", "0.00227", "0.00439", "0.00848", "0.0164", "0.0316")
+# and the λ the pilot's rule added where a task codec's curve missed an end (docs/toy.md, "The task codec's near-chance
+# side")
+BASELINE_LAMBDAS = ("0.000164",) + MAIN_LAMBDAS
 # (group, what it is, its curves under results/v3); a run halted by a rule other than its stopping rule is in HALTED
 GROUPS = (
     ("slim_pilot", "SLIM pilots: the λr range (2000 steps each)", ["pilot_{v}_curve.jsonl", "pilot2_{v}_curve.jsonl"]),
@@ -36,7 +39,7 @@ GROUPS = (
     ("slim_stage2", "SLIM stage 2 (main runs, with the remedy)", ["remedy_stage2_{v}_curve.jsonl"]),
     ("baseline_pilot", "the learned baselines' pilot: the λ range (2000 steps each)", ["bpilot-mse/*/curve.jsonl"]),
     ("mse_clipbug", "the MSE codec's first main runs, stopped by the clipping bug found in their training",
-     [f"mse-clipbug/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS[:2]]),
+     [f"mse-clipbug/lambda={lam}/curve.jsonl" for lam in MAIN_LAMBDAS[:2]]),
     ("mse", "the MSE codec, one model per λ", [f"mse/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS]),
     ("task", "the task codec, one model per λ (from the MSE model of its λ)",
      [f"task/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS]),
