@@ -4,8 +4,8 @@ backticks) resolves, every shell command names a program that exists in the set-
 import argparse
 import os
 import re
-import shutil
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
