@@ -93,8 +93,6 @@ def test_decoding_with_the_wrong_model_is_refused_naming_the_file(model_dir, ima
 
 def test_the_bundled_model_by_name_decodes_with_its_own_settings(tmp_path, capsys):
     # `--model toy` is the bundled model, decoded with assets/toy/demo.json's settings (the golden files' too)
-    import json
-
     from tests.golden.update_golden import pixels_sha256
 
     golden = json.loads((Path(__file__).parent / "golden" / "bundled_toy.json").read_text())
@@ -109,13 +107,11 @@ def test_the_bundled_model_by_name_decodes_with_its_own_settings(tmp_path, capsy
 
 def test_decode_settings_come_from_the_command_line_then_the_model(tmp_path):
     import argparse
-    import json
-
     from slim_diffusers import cli
 
     toy, other = cli._resolve_model("toy"), cli._Model("x", "x")
     given = argparse.Namespace(steps=3, strength=None)
-    bundled = json.loads((Path(slim_diffusers.__file__).parent / "assets" / "toy" / "demo.json").read_text())["decode"]
+    bundled = _bundled_demo()["decode"]
     assert bundled["num_inference_steps"] != 3 and bundled["strength"] != 1.0  # so that each source below shows
     assert cli._decode_settings(argparse.Namespace(steps=None, strength=None), toy) == {
         "num_inference_steps": bundled["num_inference_steps"], "strength": bundled["strength"]}
@@ -124,6 +120,11 @@ def test_decode_settings_come_from_the_command_line_then_the_model(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- mistakes
+def _bundled_demo() -> dict:
+    """The bundled toy model's own settings: its rate levels, default rate and decode settings."""
+    return json.loads((Path(slim_diffusers.__file__).parent / "assets" / "toy" / "demo.json").read_text())
+
+
 def _slim(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "slim_diffusers.cli", *args], capture_output=True, text=True,
@@ -226,7 +227,7 @@ def test_demo_runs_the_bundled_toy_model_offline(tmp_path, capsys):
 def test_demo_at_the_lowest_rate_of_the_bundled_variable_rate_model(tmp_path, capsys):
     # the bundled model codes at any of its levels: rate 0 writes fewer bytes than the default (its highest level,
     # which the golden files were written at)
-    demo = json.loads((Path(slim_diffusers.__file__).parent / "assets" / "toy" / "demo.json").read_text())
+    demo = _bundled_demo()
     top = len(demo["rate_levels"]) - 1
     assert demo["default_rate"] == top > 0
     out_dir = tmp_path / "demo-low"

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=["mse", "task"], required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--lambdas", type=float, nargs="+", required=True, help="one model per λ")
-    parser.add_argument("--init", type=Path, default=None, help="--kind task: the MSE run's --out, every λ finished")
+    parser.add_argument("--init", type=Path, default=None, help="--kind task: the MSE run's --out (each λ given must have stopped there)")
     parser.add_argument("--classifier", type=Path, default=BUNDLED / "classifier")
     parser.add_argument("--segment", type=int, default=None, help="default: 1000 (mse), 250 (task)")
     parser.add_argument("--min-steps", type=int, default=None, help="default: ten times v2's (16000; task: 1500)")
