@@ -43,10 +43,13 @@ GROUPS = (
     ("mse", "the MSE codec, one model per λ", [f"mse/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS]),
     ("task", "the task codec, one model per λ (from the MSE model of its λ)",
      [f"task/lambda={lam}/curve.jsonl" for lam in BASELINE_LAMBDAS]),
+    ("lost", "baseline runs whose state was lost with the outputs/ folder between sessions, trained again",
+     ["lost/mse/lambda=*/curve.jsonl", "lost/task/lambda=*/curve.jsonl"]),
 )
 METRICS = ("top1", "top1_vae", "bpp", "psnr")
 HALTED = {"slim_paper_loss": "by the step-2000 check (docs/toy.md), not by its stopping rule",
-          "mse_clipbug": "by the bug found in the baselines' training (docs/toy.md); trained again from scratch"}
+          "mse_clipbug": "by the bug found in the baselines' training (docs/toy.md); trained again from scratch",
+          "lost": "by the loss of its state with outputs/ (docs/toy.md, \"When outputs/ is lost\"); trained again"}
 
 
 def run_summary(lines: List[dict]) -> dict:
