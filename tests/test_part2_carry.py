@@ -1,0 +1,100 @@
+"""benchmarks/toy/part2_carry.py keeps what toy world v3's baseline runs need to go on in the repository (curves,
+stopped models, the states of runs still training) and puts it back on a new machine."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks" / "toy"))
+
+import part2_carry  # noqa: E402
+
+
+def write_run(folder: Path, steps, stop=False, state_step=None, model=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [{"step": s, "top1": 10.0 + i, "verdict": {"stop": stop and i == len(steps) - 1}}
+             for i, s in enumerate(steps)]
+    (folder / "curve.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if state_step is not None:
+        (folder / "state" / "optimizer").mkdir(parents=True)
+        (folder / "state" / "state.json").write_text(json.dumps({"step": state_step}))
+        (folder / "state" / "model.safetensors").write_bytes(b"weights %d" % state_step)
+        (folder / "state" / "optimizer" / "optimizer.safetensors").write_bytes(b"moments %d" % state_step)
+    if model:
+        (folder / "model").mkdir()
+        (folder / "model" / "model.safetensors").write_bytes(b"final")
+
+
+@pytest.fixture
+def world(tmp_path):
+    out, results, models = tmp_path / "outputs", tmp_path / "results", tmp_path / "models"
+    write_run(out / "mse" / "lambda=0.001", [1000, 2000], stop=True, state_step=2000, model=True)
+    write_run(out / "mse" / "lambda=0.01", [1000], state_step=2000)  # trained a segment past its last measurement
+    write_run(out / "task" / "lambda=0.001", [250], state_step=250)
+    return out, results, models
+
+
+def test_save_then_restore_on_a_new_machine(world, tmp_path):
+    out, results, models = world
+    said = part2_carry.save(out, results, models)
+    assert len(said) == 3
+    # every curve committed; the stopped run's model, the others' states (weights and optimizers)
+    for kind, label in (("mse", "lambda=0.001"), ("mse", "lambda=0.01"), ("task", "lambda=0.001")):
+        assert (results / kind / label / "curve.jsonl").read_text() == (out / kind / label / "curve.jsonl").read_text()
+    assert (models / "mse" / "lambda=0.001" / "model" / "model.safetensors").read_bytes() == b"final"
+    assert not (models / "carry" / "mse" / "lambda=0.001").exists()
+    carried = models / "carry" / "mse" / "lambda=0.01" / "state"
+    assert json.loads((carried / "state.json").read_text())["step"] == 2000
+    assert (carried / "optimizer" / "optimizer.safetensors").read_bytes() == b"moments 2000"
+    assert part2_carry.save(out, results, models) == said  # again: the same files, nothing new
+
+    fresh = tmp_path / "new-machine"
+    said = part2_carry.restore(fresh, results, models)
+    assert any("resumes from step 2000" in s for s in said)
+    stopped = fresh / "mse" / "lambda=0.001"
+    # the stopped MSE run's model is also its state: where its task run starts
+    assert (stopped / "model" / "model.safetensors").read_bytes() == b"final"
+    assert (stopped / "state" / "model.safetensors").read_bytes() == b"final"
+    running = fresh / "mse" / "lambda=0.01"
+    assert (running / "state" / "model.safetensors").read_bytes() == b"weights 2000"
+    assert (running / "curve.jsonl").read_text() == (out / "mse" / "lambda=0.01" / "curve.jsonl").read_text()
+    # nothing already there is overwritten
+    (running / "state" / "model.safetensors").write_bytes(b"newer")
+    assert any("left as it is" in s for s in part2_carry.restore(fresh, results, models))
+    assert (running / "state" / "model.safetensors").read_bytes() == b"newer"
+
+
+def test_a_carried_state_goes_once_its_run_stops(world):
+    out, results, models = world
+    part2_carry.save(out, results, models)
+    folder = out / "mse" / "lambda=0.01"
+    write_run(folder.parent / "tmp", [1000, 2000], stop=True)
+    (folder / "curve.jsonl").write_text((folder.parent / "tmp" / "curve.jsonl").read_text())
+    (folder / "model").mkdir()
+    (folder / "model" / "model.safetensors").write_bytes(b"final 0.01")
+    part2_carry.save(out, results, models)
+    assert not (models / "carry" / "mse" / "lambda=0.01").exists()
+    assert (models / "mse" / "lambda=0.01" / "model" / "model.safetensors").read_bytes() == b"final 0.01"
+
+
+def test_a_state_that_does_not_belong_to_its_curve_is_not_carried(world):
+    out, results, models = world
+    state = out / "task" / "lambda=0.001" / "state" / "state.json"
+    state.write_text(json.dumps({"step": 5000}))  # neither the curve's last step nor one segment after it
+    with pytest.raises(RuntimeError, match="no consistent state"):
+        part2_carry.save(out, results, models, attempts=2)
+
+
+def test_a_run_with_neither_model_nor_state_is_not_restored(world, tmp_path):
+    out, results, models = world
+    part2_carry.save(out, results, models)
+    import shutil
+
+    shutil.rmtree(models / "carry" / "task")
+    fresh = tmp_path / "new-machine"
+    said = part2_carry.restore(fresh, results, models)
+    assert any("task lambda=0.001: neither" in s for s in said)
+    assert not (fresh / "task" / "lambda=0.001").exists()
