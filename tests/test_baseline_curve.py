@@ -27,6 +27,7 @@ def test_baseline_trains_in_segments_resumes_and_feeds_the_task_codec(tmp_path, 
     assert lines[-1]["verdict"]["stop"] and "max_steps" in lines[-1]["verdict"]["reason"]
     for r in lines:
         assert r["bpp"] > 0 and r["psnr"] > 0 and 0 <= r["top1"] <= 100 and r["images"] == 2
+        assert "torch" in r["machine"]  # the CPU each segment trained on (runs are carried between machines)
     assert (full / "lambda=0.05" / "model" / "model.safetensors").is_file()
 
     # interrupted after one segment (a run stopped at 2 steps), then resumed to 4: the same weights, bit for bit

@@ -54,6 +54,17 @@ V2_STEPS = {"mse": 1600, "task": 150}
 TRACKED = {"mse": (("psnr", 0.1, False), ("bpp", 0.02, True)), "task": (("top1", 1.0, False), ("bpp", 0.02, True))}
 
 
+def machine() -> str:
+    """The CPU the segment trained on: float results differ between CPU kernels (a run carried to another machine
+    goes on from the same state, on a trajectory of its own)."""
+    import platform
+
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \
+        platform.processor()
+    return f"{name}, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def model_seed(kind: str, lam: float, seed: int) -> int:
     return seed * 1_000_003 + int(hashlib.sha256(f"{kind}|{lam!r}".encode()).hexdigest()[:6], 16)
 
@@ -208,7 +219,7 @@ def main(argv=None) -> int:
                       "train_cpu_seconds": round(state["cpu_seconds"], 1),
                       "measure_cpu_seconds": round(time.process_time() - cpu, 1),
                       "measure_wall_seconds": round(time.perf_counter() - wall, 1),
-                      "date": time.strftime("%Y-%m-%d %H:%M")}
+                      "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
             verdict = convergence.decide(done + [record], rule)
             record["verdict"] = verdict
             if verdict["stop"]:  # the model this λ keeps, for the evaluation harness (learned_baselines.load_model)
