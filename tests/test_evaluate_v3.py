@@ -110,7 +110,14 @@ def test_the_smoke_run_writes_every_result_and_resumes(tmp_path):
     import evaluate_v3
 
     work = tmp_path / "eval"
+    # SLIM's codecs first (their rows cached, nothing decided), then the full call evaluates only the rest
+    assert evaluate_v3.main(["--smoke", "--slim-only", "--work-dir", str(work)]) == 0
+    assert not (work / "results").exists()
+    slim_rows = [json.loads(line) for p in sorted((work / "eval").glob("rows*.jsonl")) for line in p.read_text().splitlines()]
+    assert slim_rows and all(r["codec"].startswith("SLIM") or r["codec"] == "caption only" for r in slim_rows)
     assert evaluate_v3.main(["--smoke", "--work-dir", str(work)]) == 0
+    after = [json.loads(line) for p in sorted((work / "eval").glob("rows*.jsonl")) for line in p.read_text().splitlines()]
+    assert sum(r["codec"].startswith("SLIM") or r["codec"] == "caption only" for r in after) == len(slim_rows)
     res = work / "results"
     for name in ("results.json", "summary.json", "rows.jsonl.gz", "rate_accuracy.png", "bd_rate.md"):
         assert (res / name).is_file(), name

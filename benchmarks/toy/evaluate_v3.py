@@ -336,6 +336,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=None, help="default: WORK/results")
     parser.add_argument("--smoke", action="store_true",
                         help="the bundled model as both variants, tiny learned codecs, 3 images: the numbers mean nothing")
+    parser.add_argument("--slim-only", action="store_true",
+                        help="stages 1-4 for SLIM's codecs only, then stop without deciding anything (no --mse/--task "
+                             "needed): the cached rows let the full call later evaluate just the rest")
     args = parser.parse_args(argv)
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -351,7 +354,8 @@ def main(argv=None) -> int:
                                      "--lambdas", "0.001", "0.1", *(["--init", str(work / "smoke-mse")]
                                                                     if kind == "task" else [])])
             args.mse, args.task = work / "smoke-mse", work / "smoke-task"
-    missing = [name for name in ("roi", "noroi", "mse", "task") if getattr(args, name) is None]
+    missing = [name for name in ("roi", "noroi") + (() if args.slim_only else ("mse", "task"))
+               if getattr(args, name) is None]
     if missing:
         parser.error(f"give {', '.join('--' + m for m in missing)} (or --smoke)")
     if args.results is not None and args.results.resolve() == (HERE / "results" / "v3").resolve() and (
@@ -369,12 +373,15 @@ def main(argv=None) -> int:
     data = datasets.load_from_disk(str(ensure_data(work, args.split, n)))
     roi, noroi = load_pipeline(args.roi), load_pipeline(args.noroi)
     levels = [0, roi.num_rate_levels - 1] if args.smoke else None  # the smoke run: the two ends
-    codecs = slim_codecs(roi, noroi, levels) + pillow_codecs() + learned_codecs(args.mse, args.task)
+    codecs = slim_codecs(roi, noroi, levels)
+    if not args.slim_only:
+        codecs += pillow_codecs() + learned_codecs(args.mse, args.task)
     classifiers = [Classifier.from_pretrained(str(args.classifier), name="resnet"),
                    Classifier.from_pretrained(str(classifier_b), name="resnet_b")]
     t0, cpu0 = time.perf_counter(), time.process_time()
     log(f"{len(codecs)} codecs on {n} {args.split} images")
-    run_evaluation(work / "eval", data, codecs, classifiers, caption_column="caption", anchor="JPEG", envelope=True,
+    run_evaluation(work / "eval", data, codecs, classifiers, caption_column="caption",
+                   anchor="SLIM" if args.slim_only else "JPEG", envelope=True,
                    batch_size=args.batch)
     bits_file = work / f"bits-{args.split}-{n}.json"
     if not bits_file.is_file():
@@ -383,6 +390,9 @@ def main(argv=None) -> int:
         write_atomically(bits_file, json.dumps(bits).encode("utf-8"))
     bits = {name: [{k: np.asarray(v) for k, v in level.items()} for level in levels]
             for name, levels in json.loads(bits_file.read_text()).items()}
+    if args.slim_only:
+        log(f"SLIM's rows and bits cached under {work}; nothing decided (--slim-only)")
+        return 0
     rows = latest_rows(work / "eval")
     decided = decide(rows, bits, args.replicates)
     meta = {"split": args.split, "images": n, "replicates": args.replicates, "decode": DECODE,
