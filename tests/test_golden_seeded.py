@@ -34,7 +34,16 @@ def test_golden_files_decode_to_the_recorded_y_hat(models, name):
     assert golden.sha256(data) == entry["slim_sha256"]
     assert data[4] == entry["version"] == (2 if entry["model"] == "exact" else 1)
     _, decompressor = models[entry["model"]]
-    assert golden.tensor_sha256(golden.decoded_y_hat(decompressor, data)) == entry["y_hat_sha256"]
+    y_hat = golden.decoded_y_hat(decompressor, data)
+    if entry["model"] == "exact" or golden.tensor_sha256(y_hat) == entry["y_hat_sha256"]:
+        assert golden.tensor_sha256(y_hat) == entry["y_hat_sha256"]
+    else:  # version 1 on another CPU: the same symbols, the float means within rounding (update_golden_seeded.py)
+        from safetensors.torch import load_file
+
+        reference = load_file(str(golden.FILES / f"{name}.y_hat.safetensors"))["y_hat"]
+        assert y_hat.shape == reference.shape and y_hat.dtype == reference.dtype
+        assert torch.allclose(y_hat, reference, rtol=0, atol=golden.Y_HAT_ATOL), (
+            f"{name}: ŷ differs by up to {(y_hat - reference).abs().max():.3g}")
     if entry["model"] == "exact":
         threads = torch.get_num_threads()
         try:
