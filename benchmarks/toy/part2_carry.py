@@ -25,14 +25,12 @@ from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from convergence import read_lines  # noqa: E402
+
 KINDS = ("mse", "task")
 SEGMENT = {"mse": 1000, "task": 250}  # baseline_curve.py's defaults, the main runs' settings
-
-
-def read_lines(path: Path) -> List[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stopped(lines: List[dict]) -> bool:
