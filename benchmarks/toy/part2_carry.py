@@ -49,9 +49,11 @@ def copy_tree(src: Path, dst: Path) -> None:
 
 
 def same_tree(a: Path, b: Path) -> bool:
-    files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
-    return a.is_dir() and b.is_dir() and files(a) == files(b) and all(
-        (a / f).read_bytes() == (b / f).read_bytes() for f in files(a))
+    if not (a.is_dir() and b.is_dir()):
+        return False
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return names == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in names)
 
 
 def state_step(state: Path) -> Optional[int]:
