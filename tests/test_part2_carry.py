@@ -98,3 +98,50 @@ def test_a_run_with_neither_model_nor_state_is_not_restored(world, tmp_path):
     said = part2_carry.restore(fresh, results, models)
     assert any("task lambda=0.001: neither" in s for s in said)
     assert not (fresh / "task" / "lambda=0.001").exists()
+
+
+def write_eval(work: Path, rows: str):
+    (work / "eval").mkdir(parents=True)
+    (work / "eval" / "rows.jsonl").write_text(rows)
+    (work / "eval" / "bitstreams").mkdir()
+    (work / "eval" / "bitstreams" / "0.slim").write_bytes(b"bytes")
+    clf = work / "foundation" / "resnet_b"
+    clf.mkdir(parents=True)
+    (clf / "model.safetensors").write_bytes(b"resnet b")
+    (clf / "toy_done.json").write_text("{}")
+    data = work / "data" / "test-3"
+    data.mkdir(parents=True)
+    (data / "dataset_info.json").write_text("{}")
+    (data / "data-00000-of-00001.arrow").write_bytes(b"images")
+    half = work / "data" / "test-9"  # written when the kill came: not carried
+    half.mkdir()
+    (work / "bits-test-3.json").write_text('{"roi": []}')
+
+
+def test_the_test_evaluation_is_carried_without_its_cut_line(tmp_path):
+    out, models = tmp_path / "outputs", tmp_path / "models"
+    work = out / part2_carry.EVAL
+    write_eval(work, '{"codec": "SLIM", "index": 0}\n{"codec": "SLIM", "index": 1}\n{"codec": "SL')
+    said = part2_carry.save_eval(out, models)
+    assert "eval-test: 2 finished rows carried" in said
+    carry = models / "carry" / part2_carry.EVAL
+    kept = (carry / "eval" / "rows.jsonl.gz").read_bytes()
+    assert part2_carry.save_eval(out, models) == said and (carry / "eval" / "rows.jsonl.gz").read_bytes() == kept
+    assert not (carry / "eval" / "bitstreams").exists() and not (carry / "data" / "test-9").exists()
+
+    fresh = tmp_path / "new-machine"
+    said = part2_carry.restore_eval(fresh, models)
+    new = fresh / part2_carry.EVAL
+    assert (new / "eval" / "rows.jsonl").read_text() == '{"codec": "SLIM", "index": 0}\n{"codec": "SLIM", "index": 1}\n'
+    assert (new / "foundation" / "resnet_b" / "model.safetensors").read_bytes() == b"resnet b"
+    assert (new / "data" / "test-3" / "data-00000-of-00001.arrow").read_bytes() == b"images"
+    assert (new / "bits-test-3.json").read_text() == '{"roi": []}'
+    # the evaluation went on there; a second restore leaves its newer rows alone
+    (new / "eval" / "rows.jsonl").write_text("newer\n")
+    assert any("left as it is" in s for s in part2_carry.restore_eval(fresh, models))
+    assert (new / "eval" / "rows.jsonl").read_text() == "newer\n"
+
+
+def test_no_evaluation_nothing_carried(tmp_path):
+    assert part2_carry.save_eval(tmp_path / "outputs", tmp_path / "models") == []
+    assert part2_carry.restore_eval(tmp_path / "outputs", tmp_path / "models") == []

@@ -14,9 +14,17 @@ the curve's last measured step or one segment after it, as ``baseline_curve.py``
 model (an MSE run's model also as its ``state``, the weights its task run starts from), a carried run's curve and
 state. A run whose curve is committed but which has neither is not restored and says so: it trains again from
 scratch. Nothing already under ``outputs/`` is overwritten.
+
+The test split's evaluation (``evaluate_v3.py --work-dir outputs/v3_part2/eval-test``, hours of CPU) is carried too,
+so that a session ending in the middle of it loses no finished row: ``save`` keeps its rows (``eval/rows*.jsonl``,
+gzip'd, complete lines only), its trained second classifier (``foundation/resnet_b``: trained again on another CPU it
+would not be the same network), its bits inside/outside and its images (``data/``) under ``models/v3_part2/carry/
+eval-test``; ``restore`` puts back what is missing there, and the evaluation resumes from its rows (the bitstream
+files of rows already finished are not kept: their sizes are in the rows). Nothing of it is read or decided here.
 """
 
 import argparse
+import gzip
 import json
 import shutil
 import sys
@@ -30,6 +38,8 @@ sys.path.insert(0, str(HERE))
 from convergence import read_lines  # noqa: E402
 
 KINDS = ("mse", "task")
+NEWLINE = b"\n"
+EVAL = "eval-test"  # evaluate_v3.py --split test's work folder under outputs/v3_part2
 SEGMENT = {"mse": 1000, "task": 250}  # baseline_curve.py's defaults, the main runs' settings
 
 
@@ -138,6 +148,85 @@ def restore(out: Path, results: Path, models: Path) -> List[str]:
     return said
 
 
+def _complete_lines(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[:data.rfind(NEWLINE) + 1]  # a line the evaluation is writing right now is left for later
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)  # the same rows give the same file: no new blob in the repository
+
+
+def save_eval(out: Path, models: Path) -> List[str]:
+    """The test evaluation's finished rows, second classifier, bits and images, to ``models/carry/eval-test``."""
+    work, carry = out / EVAL, models / "carry" / EVAL
+    if not work.is_dir():
+        return []
+    said = []
+    shards = sorted((work / "eval").glob("rows*.jsonl"))
+    rows = 0
+    for shard in shards:
+        data = _complete_lines(shard)
+        rows += data.count(NEWLINE)
+        target = carry / "eval" / (shard.name + ".gz")
+        if not (target.is_file() and gzip.decompress(target.read_bytes()) == data):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(_gzip(data))
+            tmp.replace(target)
+    if shards:
+        said.append(f"{EVAL}: {rows} finished rows carried")
+    folders = [work / "foundation" / "resnet_b"] if (work / "foundation" / "resnet_b" / "toy_done.json").is_file() else []
+    folders += [d for d in sorted((work / "data").glob("*")) if (d / "dataset_info.json").is_file()]
+    for folder in folders:
+        target = carry / folder.relative_to(work)
+        if not same_tree(folder, target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_tree(folder, target)
+        said.append(f"{EVAL}: {folder.relative_to(work)} carried")
+    for bits in sorted(work.glob("bits-*.json")):
+        carry.mkdir(parents=True, exist_ok=True)
+        if not ((carry / bits.name).is_file() and (carry / bits.name).read_bytes() == bits.read_bytes()):
+            shutil.copyfile(bits, carry / bits.name)
+        said.append(f"{EVAL}: {bits.name} carried")
+    return said
+
+
+def restore_eval(out: Path, models: Path) -> List[str]:
+    """Puts back what ``save_eval`` kept and ``out/eval-test`` lacks (what is there is left as it is)."""
+    work, carry = out / EVAL, models / "carry" / EVAL
+    if not carry.is_dir():
+        return []
+    said = []
+    for shard in sorted((carry / "eval").glob("rows*.jsonl.gz")):
+        target = work / "eval" / shard.name[:-len(".gz")]
+        if target.exists():
+            said.append(f"{EVAL}: {target.name} already under {out}, left as it is")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = gzip.decompress(shard.read_bytes())
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        said.append(f"{EVAL}: {data.count(NEWLINE)} finished rows restored ({target.name})")
+    folders = [carry / "foundation" / "resnet_b"] if (carry / "foundation" / "resnet_b").is_dir() else []
+    folders += sorted(d for d in (carry / "data").glob("*") if d.is_dir())
+    for folder in folders:
+        target = work / folder.relative_to(carry)
+        if target.exists():
+            said.append(f"{EVAL}: {folder.relative_to(carry)} already under {out}, left as it is")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy_tree(folder, target)
+        said.append(f"{EVAL}: {folder.relative_to(carry)} restored")
+    for bits in sorted(carry.glob("bits-*.json")):
+        if not (work / bits.name).exists():
+            work.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bits, work / bits.name)
+            said.append(f"{EVAL}: {bits.name} restored")
+    return said
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["save", "restore"])
@@ -145,7 +234,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "v3")
     parser.add_argument("--models", type=Path, default=HERE / "models" / "v3_part2")
     args = parser.parse_args(argv)
-    said = (save if args.action == "save" else restore)(args.out, args.results, args.models)
+    if args.action == "save":
+        said = save(args.out, args.results, args.models) + save_eval(args.out, args.models)
+    else:
+        said = restore(args.out, args.results, args.models) + restore_eval(args.out, args.models)
     print("\n".join(said) if said else "nothing to do")
     return 0
 
