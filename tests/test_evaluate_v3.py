@@ -105,6 +105,19 @@ def test_claims_are_decided_by_the_written_rules():
     worse = evaluate_v3.decide(rows, {"roi": _bits(1.0, seed=1), "noroi": _bits(1.0, seed=2)}, replicates=100)
     assert worse["claims"]["claim1_roi"]["bits_part_held"] is False and worse["claims"]["claim1_roi"]["held"] is False
 
+    # the tables a reader reads, from results.json as written (JSON: the decode steps' keys become strings)
+    text = evaluate_v3.claims_markdown(json.loads(json.dumps(decided)))
+    assert "## Claim 1, RoI: **held**" in text and "## Claim 3, diffusion: **held**" in text
+    assert "| JPEG | **held** |" in text and "over top-1 30.0–70.0 %" in text
+    assert "| SLIM | rate=0 | 30.0 | +20.0 [" in text  # with diffusion 30 %, without 10 %
+    assert "| rate=1 | 70.0 | 65.0 | 65.0 |" in text  # 1, 2 and 4 steps
+    worse_text = evaluate_v3.claims_markdown(worse["claims"])
+    assert "## Claim 1, RoI: **did not hold**" in worse_text and "Bits part: did not hold" in worse_text
+    refused = json.loads(json.dumps(decided))
+    refused["claim2_baselines"]["per_baseline"]["JPEG"] = {
+        "held": None, "bd": {c: {"refused": "the curves share 5.0 points of top-1, under 20"} for c in ("resnet", "resnet_b")}}
+    assert "| JPEG | **not decided** | refused (the curves share 5.0 points" in evaluate_v3.claims_markdown(refused)
+
 
 def test_the_smoke_run_writes_every_result_and_resumes(tmp_path):
     import evaluate_v3
@@ -119,7 +132,7 @@ def test_the_smoke_run_writes_every_result_and_resumes(tmp_path):
     after = [json.loads(line) for p in sorted((work / "eval").glob("rows*.jsonl")) for line in p.read_text().splitlines()]
     assert sum(r["codec"].startswith("SLIM") or r["codec"] == "caption only" for r in after) == len(slim_rows)
     res = work / "results"
-    for name in ("results.json", "summary.json", "rows.jsonl.gz", "rate_accuracy.png", "bd_rate.md"):
+    for name in ("results.json", "summary.json", "rows.jsonl.gz", "rate_accuracy.png", "bd_rate.md", "claims.md"):
         assert (res / name).is_file(), name
     results = json.loads((res / "results.json").read_text())
     assert results["meta"]["smoke"] is True and results["meta"]["split"] == "validation"

@@ -293,6 +293,88 @@ def decide(rows: Sequence[dict], bits: Dict[str, List[Dict[str, np.ndarray]]], r
             "bootstraps": bootstraps}
 
 
+def _verdict(held: Optional[bool]) -> str:
+    return {True: "**held**", False: "**did not hold**", None: "**not decided**"}[held]
+
+
+def _bd_cell(cell: dict) -> str:
+    """A BD-rate cell of :func:`bd_with_overlap`: pchip (with its interval) and cubic, or why it was refused."""
+    if "refused" in cell:
+        return f"refused ({cell['refused']})"
+
+    def one(method):
+        bd = cell[method]["bd_rate"]
+        if bd.get("estimate") is None:
+            return f"{method} not computable ({bd.get('not_computable', '')})"
+        interval = "" if bd.get("low") is None else f" [{bd['low']:+.1f}, {bd['high']:+.1f}]"
+        return f"{method} {bd['estimate']:+.1f} %{interval}"
+
+    lo, hi = cell["overlap_top1"]
+    return f"{one('pchip')}; {one('cubic')}; over top-1 {lo:.1f}–{hi:.1f} %"
+
+
+def _difference(cell: dict) -> str:
+    d = cell["difference"]
+    return f"{d['difference']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
+def claims_markdown(claims: dict, classifiers: Sequence[str] = CLASSIFIERS) -> str:
+    """``results.json``'s claims as the tables a reader reads: every verdict with the numbers and intervals it rests
+    on (the ResNet decides; ResNet-B beside it). Nothing here decides anything."""
+    resnet, second = classifiers[0], classifiers[1]
+    out = ["# Toy world v3, part 2: the claims\n",
+           f"The ResNet decides, ResNet-B (never seen in training) is reported beside it; 95 % intervals from paired "
+           f"bootstrap over images; a BD-rate over less than {claims['min_overlap_points']:g} points of shared top-1 is "
+           f"refused. BD-rates: SLIM against the other curve, negative = SLIM needs fewer bits.\n"]
+    c1 = claims["claim1_roi"]
+    out += [f"## Claim 1, RoI: {_verdict(c1['held'])}\n", f"Rule: {c1['rule']}.\n",
+            "| level | inside ÷ outside bits, with RoI | without RoI | difference [95 %] |", "|---|---|---|---|"]
+    for level, cell in c1["bits_inside_outside"].items():
+        d = cell["difference"]
+        out.append(f"| {level} | {cell['with_roi']['ratio']:.2f} | {cell['without_roi']['ratio']:.2f} | "
+                   f"{d['value']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] |")
+    bits_said = {True: "held", False: "did not hold"}[c1["bits_part_held"]]
+    bd_said = {True: "held", False: "did not hold", None: "not decided"}[c1["bd_part_held"]]
+    out += ["", f"Bits part: {bits_said}. BD-rate part: {bd_said} "
+                f"(paper: {c1['paper_bd_rate']:+.2f} %).\n",
+            f"- SLIM against SLIM w/o RoI, {resnet}: {_bd_cell(c1['bd_rate_vs_without_roi'][resnet])}",
+            f"- {second}: {_bd_cell(c1['bd_rate_vs_without_roi'][second])}", ""]
+    c2 = claims["claim2_baselines"]
+    out += ["## Claim 2, against the baselines\n", f"Rule: {c2['rule']}.\n",
+            f"| baseline | verdict | {resnet} | {second} |", "|---|---|---|---|"]
+    for name, cell in c2["per_baseline"].items():
+        out.append(f"| {name} | {_verdict(cell['held'])} | {_bd_cell(cell['bd'][resnet])} | "
+                   f"{_bd_cell(cell['bd'][second])} |")
+    c3 = claims["claim3_diffusion"]
+    lowest = ", ".join(c3["held_at"])
+    out += ["", f"## Claim 3, diffusion: {_verdict(c3['held'])}\n",
+            f"Rule: {c3['rule']} (decided at {lowest}).\n",
+            f"| variant | level | top-1 with diffusion ({resnet}) | difference with − without, {resnet} [95 %] | "
+            f"{second} |", "|---|---|---|---|---|"]
+    for variant, key, codec in (("SLIM", "per_level", "SLIM"), ("SLIM w/o RoI", "per_level_without_roi", "SLIM w/o RoI")):
+        for level, cell in c3[key].items():
+            out.append(f"| {variant} | {level} | {cell[resnet][codec]['top1']:.1f} | {_difference(cell[resnet])} | "
+                       f"{_difference(cell[second])} |")
+    cap = claims["caption"]
+    out += ["", "## The caption\n",
+            f"Top-1 of SLIM with the true caption minus with an empty one and with the next kind's ({resnet}, points "
+            f"[95 %]); the caption decoded alone by the prior: {resnet} top-1 "
+            f"{cap['caption_only'][resnet]['top1']['top1']:.1f} %, kind {cap['caption_only'][resnet]['kind']['top1']:.1f} % "
+            f"(chance {cap['chance_top1']:.1f} % and {cap['chance_kind']:.1f} %).\n",
+            "| level | true − empty | true − wrong kind |", "|---|---|---|"]
+    for level in claims["levels"]:
+        out.append(f"| {level} | {_difference(cap['true_vs_empty'][level][resnet])} | "
+                   f"{_difference(cap['true_vs_wrong_kind'][level][resnet])} |")
+    steps = sorted({int(k) for level in claims["decoding_steps"].values() for k in level})
+    out += ["", f"## Decode steps from t = 499 (top-1, {resnet})\n",
+            "| level | " + " | ".join(f"{k} step{'s' * (k > 1)}" for k in steps) + " |",
+            "|---" * (len(steps) + 1) + "|"]
+    for level, by_steps in claims["decoding_steps"].items():
+        cells = {int(k): v for k, v in by_steps.items()}
+        out.append(f"| {level} | " + " | ".join(f"{cells[k][resnet]['top1']:.1f}" for k in steps) + " |")
+    return "\n".join(out) + "\n"
+
+
 def write_results(res: Path, rows: Sequence[dict], decided: dict, meta: dict) -> None:
     res.mkdir(parents=True, exist_ok=True)
     summary = decided["summary"]
@@ -314,6 +396,7 @@ def write_results(res: Path, rows: Sequence[dict], decided: dict, meta: dict) ->
                       + f" (a BD-rate over less than {MIN_OVERLAP:g} points is refused in results.json)\n\n"
                       + statistics.bd_table_with_intervals(bd))
     write_atomically(res / "bd_rate.md", ("\n\n".join(tables) + "\n").encode("utf-8"))
+    write_atomically(res / "claims.md", claims_markdown(decided["claims"], classifiers).encode("utf-8"))
     log(f"results in {res}")
 
 
