@@ -127,19 +127,44 @@ def test_the_test_evaluation_is_carried_without_its_cut_line(tmp_path):
     carry = models / "carry" / part2_carry.EVAL
     kept = (carry / "eval" / "rows.jsonl.gz").read_bytes()
     assert part2_carry.save_eval(out, models) == said and (carry / "eval" / "rows.jsonl.gz").read_bytes() == kept
-    assert not (carry / "eval" / "bitstreams").exists() and not (carry / "data" / "test-9").exists()
+    assert not (carry / "eval" / "bitstreams").exists()
+    # the images are not carried, their files' digest is (the half-written folder has none)
+    assert sorted(p.name for p in (carry / "data").iterdir()) == ["test-3.sha256.json"]
 
     fresh = tmp_path / "new-machine"
     said = part2_carry.restore_eval(fresh, models)
     new = fresh / part2_carry.EVAL
     assert (new / "eval" / "rows.jsonl").read_text() == '{"codec": "SLIM", "index": 0}\n{"codec": "SLIM", "index": 1}\n'
     assert (new / "foundation" / "resnet_b" / "model.safetensors").read_bytes() == b"resnet b"
-    assert (new / "data" / "test-3" / "data-00000-of-00001.arrow").read_bytes() == b"images"
     assert (new / "bits-test-3.json").read_text() == '{"roi": []}'
+    assert not (new / "data" / "test-3").exists()
+    # the images drawn again there are checked against the digest
+    (new / "data" / "test-3").mkdir()
+    (new / "data" / "test-3" / "dataset_info.json").write_text("{}")
+    (new / "data" / "test-3" / "data-00000-of-00001.arrow").write_bytes(b"images")
+    part2_carry.check_digest(new / "data" / "test-3")
+    (new / "data" / "test-3" / "data-00000-of-00001.arrow").write_bytes(b"other images")
+    with pytest.raises(part2_carry.DataMismatchError, match="data-00000-of-00001.arrow"):
+        part2_carry.check_digest(new / "data" / "test-3")
     # the evaluation went on there; a second restore leaves its newer rows alone
     (new / "eval" / "rows.jsonl").write_text("newer\n")
     assert any("left as it is" in s for s in part2_carry.restore_eval(fresh, models))
     assert (new / "eval" / "rows.jsonl").read_text() == "newer\n"
+
+
+def test_the_evaluation_refuses_images_that_are_not_the_ones_it_measured(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks" / "toy"))
+    import evaluate_v3
+
+    folder = evaluate_v3.ensure_data(tmp_path, "validation", 3)
+    digest = folder.with_name(folder.name + part2_carry.DIGEST)
+    assert set(json.loads(digest.read_text())) >= {"dataset_info.json"}
+    assert evaluate_v3.ensure_data(tmp_path, "validation", 3) == folder  # the same images: accepted
+    kept = json.loads(digest.read_text())
+    kept[next(k for k in kept if k.endswith(".arrow"))] = "0" * 64
+    digest.write_text(json.dumps(kept))
+    with pytest.raises(part2_carry.DataMismatchError):
+        evaluate_v3.ensure_data(tmp_path, "validation", 3)
 
 
 def test_no_evaluation_nothing_carried(tmp_path):

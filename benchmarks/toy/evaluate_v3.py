@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import claims  # noqa: E402
 import learned_baselines as lb  # noqa: E402
+import part2_carry  # noqa: E402
 from control_curve import DECODE  # noqa: E402
 from foundation import IMAGE_SIZE, TEST_SEED, VALIDATION_SEED  # noqa: E402
 from run_toy import CaptionOnlyCodec, EncodeOnce  # noqa: E402
@@ -164,11 +165,17 @@ def ensure_classifier_b(work: Path, steps: int) -> Path:
 
 
 def ensure_data(work: Path, split: str, n: int) -> Path:
+    """The split's images, drawn from its seed once; their files' digest is written beside them, and images drawn
+    again (a new machine: ``part2_carry.py restore`` brings the digest, not the images) must match it."""
     folder = work / "data" / f"{split}-{n}"
     if not (folder / "dataset_info.json").is_file():
         seed = TEST_SEED if split == "test" else VALIDATION_SEED
         with staged_directory(folder) as stage:  # a kill while it is written leaves no folder that looks done
             toy_world.as_dataset(n, seed=seed, size=IMAGE_SIZE).save_to_disk(str(stage))
+    if folder.with_name(folder.name + part2_carry.DIGEST).is_file():
+        part2_carry.check_digest(folder)
+    else:
+        part2_carry.write_digest(folder)
     return folder
 
 

@@ -18,13 +18,16 @@ scratch. Nothing already under ``outputs/`` is overwritten.
 The test split's evaluation (``evaluate_v3.py --work-dir outputs/v3_part2/eval-test``, hours of CPU) is carried too,
 so that a session ending in the middle of it loses no finished row: ``save`` keeps its rows (``eval/rows*.jsonl``,
 gzip'd, complete lines only), its trained second classifier (``foundation/resnet_b``: trained again on another CPU it
-would not be the same network), its bits inside/outside and its images (``data/``) under ``models/v3_part2/carry/
+would not be the same network), its bits inside/outside and the SHA-256 of its images' files (``data/<split>-<n>.
+sha256.json``; the images themselves, 53 MB, are drawn again from their seed) under ``models/v3_part2/carry/
 eval-test``; ``restore`` puts back what is missing there, and the evaluation resumes from its rows (the bitstream
-files of rows already finished are not kept: their sizes are in the rows). Nothing of it is read or decided here.
+files of rows already finished are not kept: their sizes are in the rows). ``evaluate_v3.py`` refuses images drawn
+again whose files differ from the digests (the rows would belong to other images). Nothing is read or decided here.
 """
 
 import argparse
 import gzip
+import hashlib
 import json
 import shutil
 import sys
@@ -39,6 +42,11 @@ from convergence import read_lines  # noqa: E402
 
 KINDS = ("mse", "task")
 NEWLINE = b"\n"
+DIGEST = ".sha256.json"  # beside a data folder: what its files were when the evaluation drew them
+
+
+class DataMismatchError(RuntimeError):
+    """Images drawn again are not the ones an evaluation's carried rows were measured on."""
 EVAL = "eval-test"  # evaluate_v3.py --split test's work folder under outputs/v3_part2
 SEGMENT = {"mse": 1000, "task": 250}  # baseline_curve.py's defaults, the main runs' settings
 
@@ -148,6 +156,31 @@ def restore(out: Path, results: Path, models: Path) -> List[str]:
     return said
 
 
+def folder_digest(folder: Path) -> dict:
+    """SHA-256 of every file in a folder (its names relative to it)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_digest(folder: Path) -> Path:
+    target = folder.with_name(folder.name + DIGEST)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(folder_digest(folder), indent=1) + "\n")
+    tmp.replace(target)
+    return target
+
+
+def check_digest(folder: Path) -> None:
+    """Raises ``DataMismatchError`` where ``folder``'s files differ from the digest written beside it (if any)."""
+    target = folder.with_name(folder.name + DIGEST)
+    if target.is_file():
+        kept, now = json.loads(target.read_text()), folder_digest(folder)
+        if kept != now:
+            differ = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
+            raise DataMismatchError(f"{folder}: its files {differ} differ from {target.name} (the images the "
+                                    f"evaluation's rows belong to); the rows cannot be resumed with these images")
+
+
 def _complete_lines(path: Path) -> bytes:
     data = path.read_bytes()
     return data[:data.rfind(NEWLINE) + 1]  # a line the evaluation is writing right now is left for later
@@ -176,8 +209,14 @@ def save_eval(out: Path, models: Path) -> List[str]:
             tmp.replace(target)
     if shards:
         said.append(f"{EVAL}: {rows} finished rows carried")
+    for data in sorted(d for d in (work / "data").glob("*") if (d / "dataset_info.json").is_file()):
+        digest = data.with_name(data.name + DIGEST)
+        if not digest.is_file():  # drawn before the evaluation wrote digests
+            write_digest(data)
+        (carry / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(digest, carry / "data" / digest.name)
+        said.append(f"{EVAL}: the digest of data/{data.name} carried")
     folders = [work / "foundation" / "resnet_b"] if (work / "foundation" / "resnet_b" / "toy_done.json").is_file() else []
-    folders += [d for d in sorted((work / "data").glob("*")) if (d / "dataset_info.json").is_file()]
     for folder in folders:
         target = carry / folder.relative_to(work)
         if not same_tree(folder, target):
@@ -209,8 +248,12 @@ def restore_eval(out: Path, models: Path) -> List[str]:
         tmp.write_bytes(data)
         tmp.replace(target)
         said.append(f"{EVAL}: {data.count(NEWLINE)} finished rows restored ({target.name})")
+    for digest in sorted((carry / "data").glob("*" + DIGEST)):
+        if not (work / "data" / digest.name).exists():
+            (work / "data").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(digest, work / "data" / digest.name)
+            said.append(f"{EVAL}: data/{digest.name} restored (the images are drawn again, and checked against it)")
     folders = [carry / "foundation" / "resnet_b"] if (carry / "foundation" / "resnet_b").is_dir() else []
-    folders += sorted(d for d in (carry / "data").glob("*") if d.is_dir())
     for folder in folders:
         target = work / folder.relative_to(carry)
         if target.exists():
