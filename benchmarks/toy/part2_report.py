@@ -29,7 +29,7 @@ VARIANTS = ("roi", "noroi")
 MAIN_LAMBDAS = ("0.000316", "0.00061", "0.00118", "0.00227", "0.00439", "0.00848", "0.0164", "0.0316")
 # and the λ the pilot's rule added where a task codec's curve missed an end (docs/toy.md, "The task codec's near-chance
 # side")
-BASELINE_LAMBDAS = ("8.49e-05", "0.000164") + MAIN_LAMBDAS
+BASELINE_LAMBDAS = ("4.4e-05", "8.49e-05", "0.000164") + MAIN_LAMBDAS
 # (group, what it is, its curves under results/v3); a run halted by a rule other than its stopping rule is in HALTED
 GROUPS = (
     ("slim_pilot", "SLIM pilots: the λr range (2000 steps each)", ["pilot_{v}_curve.jsonl", "pilot2_{v}_curve.jsonl"]),
