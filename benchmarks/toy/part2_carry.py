@@ -41,14 +41,14 @@ sys.path.insert(0, str(HERE))
 from convergence import read_lines  # noqa: E402
 
 KINDS = ("mse", "task")
-NEWLINE = b"\n"
+SEGMENT = {"mse": 1000, "task": 250}  # baseline_curve.py's defaults, the main runs' settings
+EVAL = "eval-test"  # evaluate_v3.py --split test's work folder under outputs/v3_part2
 DIGEST = ".sha256.json"  # beside a data folder: what its files were when the evaluation drew them
+NEWLINE = b"\n"
 
 
 class DataMismatchError(RuntimeError):
     """Images drawn again are not the ones an evaluation's carried rows were measured on."""
-EVAL = "eval-test"  # evaluate_v3.py --split test's work folder under outputs/v3_part2
-SEGMENT = {"mse": 1000, "task": 250}  # baseline_curve.py's defaults, the main runs' settings
 
 
 def stopped(lines: List[dict]) -> bool:
@@ -191,7 +191,7 @@ def _gzip(data: bytes) -> bytes:
 
 
 def save_eval(out: Path, models: Path) -> List[str]:
-    """The test evaluation's finished rows, second classifier, bits and images, to ``models/carry/eval-test``."""
+    """The test evaluation's finished rows, second classifier, bits and its images' digest, to ``models/carry/eval-test``."""
     work, carry = out / EVAL, models / "carry" / EVAL
     if not work.is_dir():
         return []
