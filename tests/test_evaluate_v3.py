@@ -117,6 +117,10 @@ def test_claims_are_decided_by_the_written_rules():
     refused["claim2_baselines"]["per_baseline"]["JPEG"] = {
         "held": None, "bd": {c: {"refused": "the curves share 5.0 points of top-1, under 20"} for c in ("resnet", "resnet_b")}}
     assert "| JPEG | **not decided** | refused (the curves share 5.0 points" in evaluate_v3.claims_markdown(refused)
+    uncomputable = json.loads(json.dumps(decided))
+    uncomputable["claim2_baselines"]["per_baseline"]["JPEG"]["bd"]["resnet"]["pchip"]["bd_rate"].update(
+        estimate=None, low=None, high=None, error="the curves do not overlap")
+    assert "pchip not computable (the curves do not overlap); cubic" in evaluate_v3.claims_markdown(uncomputable)
 
 
 def test_the_smoke_run_writes_every_result_and_resumes(tmp_path):

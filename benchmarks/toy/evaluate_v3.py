@@ -156,7 +156,7 @@ def pillow_codecs() -> list:
 def ensure_classifier_b(work: Path, steps: int) -> Path:
     import subprocess
 
-    out = work / "foundation" / "resnet_b"
+    out = work / part2_carry.CLASSIFIER_B
     if not (out / "toy_done.json").is_file():
         log(f"training the second classifier (ResNet-B, {steps} steps)")
         subprocess.run([sys.executable, str(HERE / "foundation.py"), "resnet_b", str(out), "--steps", str(steps)],
@@ -311,10 +311,9 @@ def _bd_cell(cell: dict) -> str:
 
     def one(method):
         bd = cell[method]["bd_rate"]
-        if bd.get("estimate") is None:
-            return f"{method} not computable ({bd.get('not_computable', '')})"
-        interval = "" if bd.get("low") is None else f" [{bd['low']:+.1f}, {bd['high']:+.1f}]"
-        return f"{method} {bd['estimate']:+.1f} %{interval}"
+        if bd["estimate"] is None:
+            return f"{method} not computable ({bd['error']})"
+        return f"{method} {statistics.interval_text(bd)} %"
 
     lo, hi = cell["overlap_top1"]
     return f"{one('pchip')}; {one('cubic')}; over top-1 {lo:.1f}–{hi:.1f} %"

@@ -40,9 +40,12 @@ sys.path.insert(0, str(HERE))
 
 from convergence import read_lines  # noqa: E402
 
+from slim_diffusers.utils.file_utils import write_atomically  # noqa: E402
+
 KINDS = ("mse", "task")
 SEGMENT = {"mse": 1000, "task": 250}  # baseline_curve.py's defaults, the main runs' settings
 EVAL = "eval-test"  # evaluate_v3.py --split test's work folder under outputs/v3_part2
+CLASSIFIER_B = "foundation/resnet_b"  # evaluate_v3.ensure_classifier_b's folder in it
 DIGEST = ".sha256.json"  # beside a data folder: what its files were when the evaluation drew them
 NEWLINE = b"\n"
 
@@ -164,9 +167,7 @@ def folder_digest(folder: Path) -> dict:
 
 def write_digest(folder: Path) -> Path:
     target = folder.with_name(folder.name + DIGEST)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(folder_digest(folder), indent=1) + "\n")
-    tmp.replace(target)
+    write_atomically(target, (json.dumps(folder_digest(folder), indent=1) + "\n").encode("utf-8"))
     return target
 
 
@@ -204,9 +205,7 @@ def save_eval(out: Path, models: Path) -> List[str]:
         target = carry / "eval" / (shard.name + ".gz")
         if not (target.is_file() and gzip.decompress(target.read_bytes()) == data):
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(_gzip(data))
-            tmp.replace(target)
+            write_atomically(target, _gzip(data))
     if shards:
         said.append(f"{EVAL}: {rows} finished rows carried")
     for data in sorted(d for d in (work / "data").glob("*") if (d / "dataset_info.json").is_file()):
@@ -216,13 +215,12 @@ def save_eval(out: Path, models: Path) -> List[str]:
         (carry / "data").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(digest, carry / "data" / digest.name)
         said.append(f"{EVAL}: the digest of data/{data.name} carried")
-    folders = [work / "foundation" / "resnet_b"] if (work / "foundation" / "resnet_b" / "toy_done.json").is_file() else []
-    for folder in folders:
-        target = carry / folder.relative_to(work)
-        if not same_tree(folder, target):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            copy_tree(folder, target)
-        said.append(f"{EVAL}: {folder.relative_to(work)} carried")
+    classifier = work / CLASSIFIER_B
+    if (classifier / "toy_done.json").is_file():
+        if not same_tree(classifier, carry / CLASSIFIER_B):
+            (carry / CLASSIFIER_B).parent.mkdir(parents=True, exist_ok=True)
+            copy_tree(classifier, carry / CLASSIFIER_B)
+        said.append(f"{EVAL}: {CLASSIFIER_B} carried")
     for bits in sorted(work.glob("bits-*.json")):
         carry.mkdir(parents=True, exist_ok=True)
         if not ((carry / bits.name).is_file() and (carry / bits.name).read_bytes() == bits.read_bytes()):
@@ -244,24 +242,20 @@ def restore_eval(out: Path, models: Path) -> List[str]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         data = gzip.decompress(shard.read_bytes())
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_atomically(target, data)
         said.append(f"{EVAL}: {data.count(NEWLINE)} finished rows restored ({target.name})")
     for digest in sorted((carry / "data").glob("*" + DIGEST)):
         if not (work / "data" / digest.name).exists():
             (work / "data").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(digest, work / "data" / digest.name)
             said.append(f"{EVAL}: data/{digest.name} restored (the images are drawn again, and checked against it)")
-    folders = [carry / "foundation" / "resnet_b"] if (carry / "foundation" / "resnet_b").is_dir() else []
-    for folder in folders:
-        target = work / folder.relative_to(carry)
-        if target.exists():
-            said.append(f"{EVAL}: {folder.relative_to(carry)} already under {out}, left as it is")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        copy_tree(folder, target)
-        said.append(f"{EVAL}: {folder.relative_to(carry)} restored")
+    if (carry / CLASSIFIER_B).is_dir():
+        if (work / CLASSIFIER_B).exists():
+            said.append(f"{EVAL}: {CLASSIFIER_B} already under {out}, left as it is")
+        else:
+            (work / CLASSIFIER_B).parent.mkdir(parents=True, exist_ok=True)
+            copy_tree(carry / CLASSIFIER_B, work / CLASSIFIER_B)
+            said.append(f"{EVAL}: {CLASSIFIER_B} restored")
     for bits in sorted(carry.glob("bits-*.json")):
         if not (work / bits.name).exists():
             work.mkdir(parents=True, exist_ok=True)

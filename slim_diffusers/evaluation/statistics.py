@@ -426,6 +426,15 @@ def bootstrap_bd(
     return result
 
 
+def interval_text(cell: dict, digits: int = 1) -> str:
+    """A :func:`bootstrap_bd` cell with an estimate as ``"+e [+low, +high]"`` (the interval left out where no replicate
+    gave one)."""
+    text = f"{cell['estimate']:+.{digits}f}"
+    if cell["low"] is not None:
+        text += f" [{cell['low']:+.{digits}f}, {cell['high']:+.{digits}f}]"
+    return text
+
+
 def bd_table_with_intervals(result: dict, codecs: Optional[Sequence[str]] = None,
                             classifiers: Optional[Sequence[str]] = None, digits: int = 1) -> str:
     """Markdown table of :func:`bootstrap_bd`: per codec and classifier, BD-rate with pchip and with the cubic
@@ -440,10 +449,7 @@ def bd_table_with_intervals(result: dict, codecs: Optional[Sequence[str]] = None
     def show(cell: dict) -> str:
         if cell["estimate"] is None:
             return f"n/a[^{notes.setdefault(cell['error'], len(notes) + 1)}]"
-        text = f"{cell['estimate']:+.{digits}f}"
-        if cell["low"] is not None:
-            text += f" [{cell['low']:+.{digits}f}, {cell['high']:+.{digits}f}]"
-        return text
+        return interval_text(cell, digits)
 
     lines = [
         f"# BD-rate against {result['anchor']}, with {level} bootstrap intervals",
